@@ -1,0 +1,34 @@
+# kura — two commands on a fresh machine:  make demo   and   make test
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+LOCK    := requirements/constraints-cpu.txt
+HOME_DIR ?= .kura
+
+.PHONY: venv demo test test-fast ui bench clean
+
+# The lock file is one measured set of exact versions (torch CPU build, vLLM's CPU build, megatron-core, Dagster,
+# DVC, GX, ...). Installing it with --no-deps is deterministic and avoids the resolver (~3.5 min, ~5 GB).
+$(BIN)/.installed: $(LOCK) pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r $(LOCK) 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import torch, dagster, vllm, megatron.core, great_expectations, kura" 2>/dev/null
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/python -m pipelines.cli demo --home $(HOME_DIR) $(if $(CORPUS),--corpus $(CORPUS),)
+
+test: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+ui: venv
+	$(BIN)/python -m pipelines.cli ui --home $(HOME_DIR) $(if $(CORPUS),--corpus $(CORPUS),)
+
+bench: venv
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(HOME_DIR)

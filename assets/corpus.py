@@ -1,0 +1,135 @@
+"""Web-corpus stages: raw_corpus (one partition per input file) → cleaned (rule filters + blocking GX suite)
+→ deduplicated (exact, across all shards)."""
+
+from collections import Counter
+
+import dagster as dg
+import pyarrow as pa
+
+import kura.corpus.readers as readers
+import kura.dedup.exact as exact
+import kura.quality.expectations as expectations
+import kura.text.filters as filters
+import kura.text.normalize as normalize
+from assets._common import (DOC_SCHEMA, output, read_parquet, run_versioned, source_version, write_json,
+                            write_parquet)
+from kura.io import sha256_file
+from resources import CorpusResource, StorageResource
+
+corpus_partitions = dg.DynamicPartitionsDefinition(name="corpus_files")
+
+RAW_SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("position", pa.int64()),
+                        ("orig_id", pa.string()), ("text", pa.string())])
+RAW_QUARANTINE = pa.schema([("source", pa.string()), ("position", pa.int64()), ("reason", pa.string()),
+                            ("detail", pa.string()), ("raw", pa.binary())])
+CLEAN_QUARANTINE = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("reason", pa.string()),
+                              ("text", pa.string())])
+
+
+class RawCorpusConfig(dg.Config):
+    text_field: str = "text"
+    """JSON key / parquet column holding the document text."""
+    id_field: str = "id"
+    """JSON key / parquet column with the input's own document id (kept as orig_id)."""
+
+
+@dg.asset(partitions_def=corpus_partitions, code_version=source_version(readers), group_name="corpus")
+def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, corpus: CorpusResource,
+               storage: StorageResource) -> dg.Output:
+    """Documents of one input file, as parquet. Unreadable files, bad UTF-8, malformed JSON lines and empty files
+    are quarantined with their reason; nothing raises."""
+    pk = context.partition_key
+    path = corpus.file(pk)
+    try:
+        file_hash = sha256_file(path)
+    except OSError as e:
+        file_hash = f"unreadable:{type(e).__name__}"
+    counts: Counter = Counter()
+
+    def build(stage):
+        docs, rejected = [], []
+        for item in readers.read_corpus_file(path, pk, config.text_field, config.id_field):
+            if isinstance(item, readers.Document):
+                docs.append({"doc_id": item.doc_id, "source": item.source, "position": item.position,
+                             "orig_id": item.orig_id, "text": item.text})
+            else:
+                rejected.append(item.__dict__)
+                counts[item.reason] += 1
+        write_parquet(stage / "documents.parquet", docs, RAW_SCHEMA)
+        write_parquet(stage / "quarantine.parquet", rejected, RAW_QUARANTINE)
+        info = {"documents": len(docs), "rejected": len(rejected), "rejected_by_reason": dict(counts),
+                "source_file": str(path), "source_sha256": file_hash}
+        write_json(stage / "stats.json", info)
+        return info
+
+    m, reused = run_versioned(context, storage.get(), config=config, upstream={"file": file_hash}, build=build)
+    return output(m, reused, documents=m["documents"], rejected=m["rejected"],
+                  rejected_by_reason=m["rejected_by_reason"], source_sha256=m["source_sha256"])
+
+
+class CleanedConfig(dg.Config, filters.CleanConfig):
+    """Rule-filter thresholds (see kura.text.filters.CleanConfig)."""
+
+
+@dg.asset(partitions_def=corpus_partitions, group_name="corpus",
+          code_version=source_version(filters, normalize, expectations),
+          check_specs=[dg.AssetCheckSpec("gx_documents_suite", asset="cleaned", blocking=True,
+                                         description="great-expectations suite: schema, unique ids, lengths, "
+                                                     "languages. Blocks downstream stages when it fails.")],
+          automation_condition=dg.AutomationCondition.eager())
+def cleaned(context: dg.AssetExecutionContext, config: CleanedConfig, raw_corpus: dict, storage: StorageResource):
+    """Normalized documents that pass the rule filters; dropped ones go to quarantine.parquet with a reason."""
+    st = storage.get()
+
+    def build(stage):
+        raw = read_parquet(st, raw_corpus, "documents.parquet", ["doc_id", "source", "text"]).to_pylist()
+        res = filters.clean_documents(raw, config)
+        assert len(res.kept) + len(res.rejected) == len(raw), "every document is kept or quarantined"
+        write_parquet(stage / "documents.parquet", res.kept, DOC_SCHEMA)
+        write_parquet(stage / "quarantine.parquet", res.rejected, CLEAN_QUARANTINE)
+        info = {"documents_in": len(raw), "kept": len(res.kept), "dropped": len(res.rejected),
+                "dropped_by_reason": dict(res.drops), "stats": dict(res.stats),
+                "kept_by_lang": dict(Counter(d["lang"] for d in res.kept)),
+                "input_rejected_by_reason": raw_corpus.get("rejected_by_reason", {})}
+        write_json(stage / "stats.json", info)
+        return info
+
+    m, reused = run_versioned(context, st, config=config, upstream={"raw_corpus": raw_corpus}, build=build)
+    yield output(m, reused, documents_in=m["documents_in"], kept=m["kept"], dropped=m["dropped"],
+                 dropped_by_reason=m["dropped_by_reason"], kept_by_lang=m["kept_by_lang"], stats=m["stats"])
+    df = read_parquet(st, m, "documents.parquet").to_pandas()
+    res = expectations.validate_documents(df, min_chars=config.min_chars, max_chars=config.max_chars,
+                                          languages=config.languages)
+    yield dg.AssetCheckResult(check_name="gx_documents_suite", passed=res.success,
+                              severity=dg.AssetCheckSeverity.ERROR,
+                              metadata={"rows": res.n_rows, "failed_expectations": dg.MetadataValue.json(res.failed),
+                                        "content_version": m["version"]})
+
+
+@dg.asset(group_name="corpus", code_version=source_version(exact),
+          ins={"cleaned": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+          automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
+          & dg.AutomationCondition.all_deps_blocking_checks_passed())
+def deduplicated(context: dg.AssetExecutionContext, cleaned: dict, storage: StorageResource) -> dg.Output:
+    """Exact duplicates removed across every cleaned shard (first copy wins, shards in name order)."""
+    st = storage.get()
+    if not cleaned:
+        raise ValueError("no cleaned shard is materialized yet: materialize raw_corpus and cleaned first")
+
+    def build(stage):
+        shards = [(pk, read_parquet(st, m, "documents.parquet").to_pylist()) for pk, m in cleaned.items()]
+        kept, dups = exact.dedup_shards(shards)
+        rows = [r for pk in sorted(kept) for r in kept[pk]]
+        write_parquet(stage / "documents.parquet", rows, DOC_SCHEMA)
+        dup_schema = DOC_SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("duplicate_of", pa.string()))
+        write_parquet(stage / "duplicates.parquet", dups, dup_schema)
+        info = {"shards": len(shards), "documents_in": sum(len(r) for _, r in shards), "kept": len(rows),
+                "duplicates": len(dups), "kept_by_shard": {pk: len(v) for pk, v in kept.items()},
+                "kept_by_lang": dict(Counter(r["lang"] for r in rows)), "chars": sum(r["n_chars"] for r in rows)}
+        write_json(stage / "stats.json", info)
+        return info
+
+    m, reused = run_versioned(context, st, config={}, upstream={"cleaned": cleaned}, build=build)
+    return output(m, reused, shards=m["shards"], documents_in=m["documents_in"], kept=m["kept"],
+                  duplicates=m["duplicates"], kept_by_lang=m["kept_by_lang"])
+

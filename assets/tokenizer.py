@@ -1,0 +1,55 @@
+"""Tokenizer asset: SentencePiece trained on a seeded sample of the deduplicated corpus and the synthetic shards.
+The folder carries tokenizer.model and kura_tokenizer.json (config, stats, lineage)."""
+
+import dagster as dg
+
+import kura.tokenize.spm as spm
+from assets._common import output, read_parquet, run_versioned, source_version
+from assets.automation import EAGER
+from kura.mix.resolve import is_heldout
+from resources import StorageResource
+
+HELDOUT_FRACTION = 0.02  # documents excluded from the tokenizer sample and used for its statistics
+
+
+class TokenizerAssetConfig(dg.Config, spm.TokenizerConfig):
+    """SentencePiece settings (see kura.tokenize.spm.TokenizerConfig)."""
+
+
+def corpus_rows(storage, deduplicated: dict) -> list[dict]:
+    return read_parquet(storage, deduplicated, "documents.parquet", ["doc_id", "text", "lang"]).to_pylist()
+
+
+def synthetic_rows(storage, synthetic: dict) -> list[dict]:
+    """Records of every materialized synthetic day, in date order."""
+    rows: list[dict] = []
+    for _, m in sorted(synthetic.items()):
+        rows += read_parquet(storage, m, "records.parquet", ["doc_id", "text", "lang"]).to_pylist()
+    return rows
+
+
+@dg.asset(group_name="model_data", code_version=source_version(spm),
+          ins={"synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())}, automation_condition=EAGER)
+def tokenizer(context: dg.AssetExecutionContext, config: TokenizerAssetConfig, deduplicated: dict, synthetic: dict,
+              storage: StorageResource) -> dg.Output:
+    st = storage.get()
+
+    def build(stage):
+        rows = corpus_rows(st, deduplicated) + synthetic_rows(st, synthetic)
+        train = [r["text"] for r in rows if not is_heldout(r["doc_id"], HELDOUT_FRACTION)]
+        held: dict[str, list[str]] = {}
+        for r in rows:
+            if is_heldout(r["doc_id"], HELDOUT_FRACTION):
+                held.setdefault(r["lang"], []).append(r["text"])
+        sample = spm.train_sentencepiece(train, stage, config)
+        tok = spm.SpmTokenizer(stage / "tokenizer.model")
+        stats = {"vocab_size": tok.vocab_size, **sample, "heldout": spm.tokenizer_stats(tok, held)}
+        lineage = {"deduplicated": deduplicated["version"],
+                   "synthetic": {k: v["version"] for k, v in sorted(synthetic.items())}}
+        spm.write_tokenizer_card(stage, config, stats, lineage)
+        return {"stats": stats}
+
+    m, reused = run_versioned(context, st, config=config, upstream={"deduplicated": deduplicated,
+                                                                    "synthetic": synthetic}, build=build)
+    return output(m, reused, vocab_size=m["stats"]["vocab_size"], heldout=m["stats"]["heldout"],
+                  sample_chars=m["stats"]["sample_chars"])

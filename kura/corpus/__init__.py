@@ -1,0 +1,1 @@
+"""The bundled default corpus (generated, seeded) and readers for real corpus folders."""

@@ -1,0 +1,136 @@
+"""Read one corpus file into documents, accounting for every byte of bad input.
+
+Formats: `.jsonl`, `.jsonl.gz` (one JSON object per line, text in a configurable field), `.parquet` (a text
+column), `.txt` (one document per file), `.html`/`.htm` (one page per file, main text extracted with resiliparse).
+Nothing here raises on bad data: an unreadable file, a truncated gzip or parquet file, a line that is not valid
+UTF-8, a malformed JSON line, a record without text, or an empty file each become a `Rejected` entry with a reason
+and the raw bytes (capped), so the caller can quarantine and count them. Lines are streamed, so a multi-GB JSONL
+file never has to fit in memory.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Union
+
+SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".txt", ".html", ".htm")
+RAW_CAP = 4096  # bytes of a rejected record kept for inspection
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str    # "<source>:<position>": unique across the corpus even when input ids repeat
+    text: str
+    source: str
+    position: int  # line number (1-based) or row index
+    orig_id: str = ""  # the id field of the input record, if any
+
+
+@dataclass(frozen=True)
+class Rejected:
+    source: str
+    position: int
+    reason: str
+    detail: str
+    raw: bytes
+
+
+Item = Union[Document, Rejected]
+
+
+def is_supported(name: str) -> bool:
+    return name.lower().endswith(SUPPORTED_SUFFIXES)
+
+
+def read_corpus_file(path: str | Path, source: str, text_field: str = "text", id_field: str = "id") -> Iterator[Item]:
+    path = Path(path)
+    name = path.name.lower()
+    try:
+        if path.stat().st_size == 0:
+            yield Rejected(source, 0, "empty_file", "file has 0 bytes", b"")
+            return
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            yield from _read_jsonl(path, source, text_field, id_field)
+        elif name.endswith(".parquet"):
+            yield from _read_parquet(path, source, text_field, id_field)
+        elif name.endswith((".html", ".htm")):
+            yield from _read_single(path, source, html=True)
+        elif name.endswith(".txt"):
+            yield from _read_single(path, source, html=False)
+        else:
+            yield Rejected(source, 0, "unsupported_format", f"suffix not in {SUPPORTED_SUFFIXES}", b"")
+    except OSError as e:  # permission denied, I/O error, vanished file
+        yield Rejected(source, 0, "unreadable_file", f"{type(e).__name__}: {e}", b"")
+
+
+def _read_jsonl(path: Path, source: str, text_field: str, id_field: str) -> Iterator[Item]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    n = 0
+    with opener(path, "rb") as f:
+        try:
+            for n, line in enumerate(f, start=1):
+                yield _parse_jsonl_line(line, n, source, text_field, id_field)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            # a truncated or corrupt .gz: everything read so far is kept, the rest is named and counted
+            yield Rejected(source, n + 1, "truncated_file", f"{type(e).__name__}: {e} after line {n}", b"")
+
+
+def _parse_jsonl_line(line: bytes, n: int, source: str, text_field: str, id_field: str) -> Item:
+    raw = line[:RAW_CAP]
+    if not line.strip():
+        return Rejected(source, n, "blank_line", "line is empty", raw)
+    try:
+        s = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Rejected(source, n, "invalid_utf8", f"byte {e.start}: {e.reason}", raw)
+    try:
+        obj = json.loads(s)
+    except json.JSONDecodeError as e:
+        return Rejected(source, n, "malformed_json", f"{e.msg} at column {e.colno}", raw)
+    if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
+        return Rejected(source, n, "missing_text_field", f"no string field {text_field!r}", raw)
+    return Document(f"{source}:{n}", obj[text_field], source, n, str(obj.get(id_field) or ""))
+
+
+def _read_parquet(path: Path, source: str, text_field: str, id_field: str) -> Iterator[Item]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError for a truncated footer
+        yield Rejected(source, 0, "unreadable_parquet", f"{type(e).__name__}: {e}", b"")
+        return
+    if text_field not in pf.schema_arrow.names:
+        yield Rejected(source, 0, "missing_text_field", f"no column {text_field!r}", b"")
+        return
+    cols = [c for c in (text_field, id_field) if c in pf.schema_arrow.names]
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=4096, columns=cols):
+            d = batch.to_pydict()
+            ids = d.get(id_field, [None] * batch.num_rows)
+            for text, did in zip(d[text_field], ids):
+                if not isinstance(text, str):
+                    yield Rejected(source, row, "missing_text_field", "null text", b"")
+                else:
+                    yield Document(f"{source}:{row}", text, source, row, str(did or ""))
+                row += 1
+    except Exception as e:  # noqa: BLE001 - a corrupt row group: keep what was read
+        yield Rejected(source, row, "truncated_file", f"{type(e).__name__}: {e} after row {row}", b"")
+
+
+def _read_single(path: Path, source: str, html: bool) -> Iterator[Item]:
+    data = path.read_bytes()
+    try:
+        s = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        yield Rejected(source, 0, "invalid_utf8", f"byte {e.start}: {e.reason}", data[:RAW_CAP])
+        return
+    if html:
+        from resiliparse.extract.html2text import extract_plain_text
+
+        s = extract_plain_text(s, main_content=False)
+    yield Document(f"{source}:0", s, source, 0)

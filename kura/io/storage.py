@@ -1,0 +1,161 @@
+"""One storage root for every artifact: a local folder or `s3://bucket/prefix` (any S3-compatible endpoint).
+
+Why this shape: training pods, the Dagster UI and a laptop must read the same paths, and nothing downstream may
+ever see half-written data. So every output is built in a *local* staging folder and then published:
+- local root: the staging folder lives under `<root>/.staging/` and is `os.rename`d into place (atomic on one
+  filesystem);
+- object store: files are uploaded first and the commit marker (`_MANIFEST.json`) is written last; readers treat a
+  folder without its marker as absent.
+Small single files (JSON pointers) are written with temp + rename (local) or a single PUT (S3, atomic per object).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import fsspec
+
+
+class StorageError(RuntimeError):
+    """A storage problem with the URI and the operation that failed in its message."""
+
+
+class Storage:
+    """A root URI plus the operations kura needs. Credentials for S3 come from the caller (the Dagster resource
+    reads them from the environment); they are never stored on disk or in metadata."""
+
+    def __init__(self, root: str, *, endpoint_url: str | None = None, key: str | None = None,
+                 secret: str | None = None, cache_dir: str | None = None):
+        if not root:
+            raise StorageError("storage root is empty: give a folder or s3://bucket/prefix")
+        self.root = root.rstrip("/")
+        self.protocol = root.split("://", 1)[0] if "://" in root else "file"
+        options: dict[str, Any] = {}
+        if self.protocol == "s3":
+            os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+            if endpoint_url:
+                options["endpoint_url"] = endpoint_url
+            if key is not None:
+                options["key"] = key
+            if secret is not None:
+                options["secret"] = secret
+        elif self.protocol == "file":
+            self.root = str(Path(root.removeprefix("file://")).absolute())
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **options)
+        self.is_local = self.protocol == "file"
+        self.cache_dir = Path(cache_dir or tempfile.gettempdir()) / "kura-cache"
+
+    # ---- paths -------------------------------------------------------------------------------------------
+    def path(self, rel: str) -> str:
+        """Filesystem path (what fsspec calls take) of a path relative to the root."""
+        return f"{self._root_path}/{rel}".rstrip("/") if rel else self._root_path
+
+    def uri(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def exists(self, rel: str) -> bool:
+        try:
+            return self.fs.exists(self.path(rel))
+        except Exception as e:  # noqa: BLE001 - surface auth/endpoint errors with the URI
+            raise StorageError(f"cannot check {self.uri(rel)}: {e}") from e
+
+    # ---- small files ------------------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        if self.is_local:
+            final = Path(self.path(rel))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            return
+        try:
+            self.fs.pipe_file(self.path(rel), data)
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot write {self.uri(rel)}: {e}") from e
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(rel))
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot read {self.uri(rel)}: {e}") from e
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel).decode("utf-8"))
+
+    # ---- folders ----------------------------------------------------------------------------------------
+    @contextmanager
+    def staging_dir(self) -> Iterator[Path]:
+        """A fresh local folder to build an output in; removed afterwards unless it was published (renamed)."""
+        if self.is_local:
+            base = Path(self.path(".staging"))
+        else:
+            base = self.cache_dir / ".staging"
+        base.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix="stage-", dir=base))
+        try:
+            yield stage
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+
+    def publish_dir(self, stage: Path, rel: str, marker_name: str, marker: dict) -> bool:
+        """Move/upload a staged folder to `rel`, commit marker last. Returns False if `rel` was already
+        committed (outputs are immutable: an existing committed folder is never overwritten)."""
+        if self.exists(f"{rel}/{marker_name}"):
+            return False
+        (stage / marker_name).write_text(json.dumps(marker, indent=1, sort_keys=True, ensure_ascii=False))
+        if self.is_local:
+            final = Path(self.path(rel))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # uncommitted leftovers of a killed run: never read, safe to replace
+                shutil.rmtree(final)
+            os.rename(stage, final)
+            return True
+        try:
+            files = sorted(p for p in stage.rglob("*") if p.is_file() and p.name != marker_name)
+            for p in files:
+                self.fs.put_file(str(p), self.path(f"{rel}/{p.relative_to(stage).as_posix()}"))
+            self.fs.put_file(str(stage / marker_name), self.path(f"{rel}/{marker_name}"))
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot upload to {self.uri(rel)}: {e}") from e
+        return True
+
+    def local_dir(self, rel: str) -> Path:
+        """A local folder with the contents of `rel` (the folder itself on a local root; a cached download,
+        keyed by the content-addressed path, on an object store)."""
+        if self.is_local:
+            return Path(self.path(rel))
+        target = self.cache_dir / self.protocol / self._root_path / rel
+        if target.exists():
+            return target
+        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+        tmp.mkdir(parents=True)
+        try:
+            self.fs.get(self.path(rel) + "/", str(tmp) + "/", recursive=True)
+        except Exception as e:  # noqa: BLE001
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StorageError(f"cannot download {self.uri(rel)}: {e}") from e
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process won the race with identical content
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def local_file(self, rel: str) -> Path:
+        parent, _, name = rel.rpartition("/")
+        return self.local_dir(parent) / name

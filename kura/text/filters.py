@@ -1,0 +1,106 @@
+"""Rule filters for web text. Every filter is a function `(text) -> (keep, reason)`; `clean_documents` applies
+them in order and counts the first failing reason per document.
+
+Defaults are deliberately permissive for Japanese: English-tuned rules (words per sentence, alpha ratios on
+space-separated tokens) drop almost all Japanese pages, so the length limits here count characters.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from pydantic import BaseModel, Field, model_validator
+
+from kura.text.normalize import detect_language, normalize_text
+
+DEFAULT_AD_PHRASES = ["送料無料", "今すぐクリック", "【公式】", "カートに入れる", "ポイント10倍", "今すぐ購入",
+                      "click here", "buy now", "free shipping", "cookie settings", "privacy policy"]
+
+
+class CleanConfig(BaseModel):
+    """Rule-filter thresholds for the `cleaned` stage."""
+
+    min_chars: int = Field(30, description="Drop documents shorter than this many characters after cleanup.")
+    max_chars: int = Field(20_000, description="Drop documents longer than this (giant pages, dumps, logs).")
+    ad_phrases: list[str] = Field(default_factory=lambda: list(DEFAULT_AD_PHRASES),
+                                  description="Lines containing any of these (case-insensitive) are removed as ads "
+                                              "or boilerplate.")
+    max_boilerplate_line_fraction: float = Field(
+        0.5, description="Drop a document when more than this fraction of its lines were ad/boilerplate lines.")
+    max_duplicate_line_fraction: float = Field(
+        0.3, description="Drop a document when more than this fraction of its lines repeat an earlier line.")
+    languages: list[str] = Field(default_factory=lambda: ["ja", "en"],
+                                 description="Languages to keep (others are quarantined with reason language:<id>).")
+    repair_mojibake: bool = Field(True, description="Repair UTF-8-read-as-cp1252 mojibake with ftfy before filtering.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "CleanConfig":
+        if not 0 <= self.min_chars < self.max_chars:
+            raise ValueError(f"need 0 <= min_chars < max_chars, got {self.min_chars}, {self.max_chars}")
+        for name in ("max_boilerplate_line_fraction", "max_duplicate_line_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
+        return self
+
+
+@dataclass
+class CleanResult:
+    kept: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    drops: Counter = field(default_factory=Counter)
+    stats: Counter = field(default_factory=Counter)
+
+
+def strip_ad_lines(text: str, phrases: Iterable[str]) -> tuple[str, int, int]:
+    """Remove lines containing an ad phrase; returns (text, removed lines, non-blank lines before)."""
+    lowered = [p.lower() for p in phrases]
+    lines = text.split("\n")
+    nonblank = sum(1 for ln in lines if ln.strip())
+    kept = [ln for ln in lines if not any(p in ln.lower() for p in lowered)]
+    return "\n".join(kept).strip(), len(lines) - len(kept), nonblank
+
+
+def duplicate_line_fraction(text: str) -> float:
+    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+    if len(lines) < 2:
+        return 0.0
+    seen: set[str] = set()
+    dup = 0
+    for ln in lines:
+        dup += ln in seen
+        seen.add(ln)
+    return dup / len(lines)
+
+
+def clean_documents(docs: Iterable[dict], cfg: CleanConfig) -> CleanResult:
+    """`docs`: dicts with doc_id, text, source. Kept documents gain `lang`, `lang_score`, `n_chars`."""
+    res = CleanResult()
+    for d in docs:
+        res.stats["documents_in"] += 1
+        text, repaired = normalize_text(d["text"], cfg.repair_mojibake)
+        res.stats["mojibake_repaired"] += repaired
+        text, removed, nonblank = strip_ad_lines(text, cfg.ad_phrases)
+        res.stats["ad_lines_removed"] += removed
+        reason = None
+        if not text:
+            reason = "boilerplate" if removed else "empty"
+        elif nonblank and removed / nonblank > cfg.max_boilerplate_line_fraction:
+            reason = "boilerplate"
+        elif len(text) < cfg.min_chars:
+            reason = "too_short"
+        elif len(text) > cfg.max_chars:
+            reason = "too_long"
+        elif duplicate_line_fraction(text) > cfg.max_duplicate_line_fraction:
+            reason = "repetitive"
+        lang, score = detect_language(text) if text else ("other", 0.0)
+        if reason is None and lang not in cfg.languages:
+            reason = f"language:{lang}"
+        if reason:
+            res.drops[reason] += 1
+            res.rejected.append({"doc_id": d["doc_id"], "source": d["source"], "reason": reason,
+                                 "text": d["text"][:20_000]})
+        else:
+            res.kept.append({"doc_id": d["doc_id"], "source": d["source"], "text": text, "lang": lang,
+                             "lang_score": score, "n_chars": len(text)})
+    return res

@@ -1,0 +1,63 @@
+"""Normalization applied before any filter: mojibake repair (ftfy), Unicode NFKC, newline and whitespace cleanup.
+
+NFKC folds full-width ASCII (ＡＢＣ１２３) and half-width katakana (ｶﾀｶﾅ) into their canonical forms, so that
+filters, dedup hashes and the tokenizer see one spelling. Runs of blank lines collapse to one blank line (paragraph
+breaks survive); trailing spaces go.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import ftfy
+
+_BLANK_RUNS = re.compile(r"\n{3,}")
+_TRAILING = re.compile(r"[ \t\u3000]+\n")
+
+
+def normalize_text(text: str, repair_mojibake: bool = True) -> tuple[str, bool]:
+    """Return (normalized text, whether mojibake was repaired)."""
+    repaired = False
+    if repair_mojibake:
+        fixed = ftfy.fix_text(text, normalization=None)
+        repaired = fixed != text and ftfy.badness.is_bad(text)
+        text = fixed
+    text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _TRAILING.sub("\n", text + "\n")
+    text = _BLANK_RUNS.sub("\n\n", text).strip()
+    return text, repaired
+
+
+def script_counts(text: str) -> dict[str, int]:
+    """Letters by script: hiragana, katakana, kanji, latin (ASCII letters), other letters."""
+    c = {"hiragana": 0, "katakana": 0, "kanji": 0, "latin": 0, "other": 0}
+    for ch in text:
+        o = ord(ch)
+        if 0x3040 <= o <= 0x309F:
+            c["hiragana"] += 1
+        elif 0x30A0 <= o <= 0x30FF:
+            c["katakana"] += 1
+        elif 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF:
+            c["kanji"] += 1
+        elif ch.isascii() and ch.isalpha():
+            c["latin"] += 1
+        elif ch.isalpha():
+            c["other"] += 1
+    return c
+
+
+def detect_language(text: str, ja_min_fraction: float = 0.3, en_min_fraction: float = 0.8) -> tuple[str, float]:
+    """(language, score) from script ratios: 'ja' when Japanese script is at least `ja_min_fraction` of the
+    letters (Japanese pages carry Latin words), 'en' when ASCII letters are at least `en_min_fraction`, else
+    'other'. Issue 3 replaces this with a trained language-id model; the signature stays."""
+    c = script_counts(text)
+    letters = sum(c.values())
+    if letters == 0:
+        return "other", 0.0
+    ja = (c["hiragana"] + c["katakana"] + c["kanji"]) / letters
+    en = c["latin"] / letters
+    if ja >= ja_min_fraction:
+        return "ja", round(ja, 4)
+    if en >= en_min_fraction:
+        return "en", round(en, 4)
+    return "other", round(max(ja, en), 4)

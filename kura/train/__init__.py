@@ -1,0 +1,1 @@
+"""Training: model configs, the local CPU trainer and checkpoint folders."""

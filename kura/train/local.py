@@ -1,0 +1,106 @@
+"""Local CPU pretraining from a packed dataset (Megatron .bin/.idx + blend.json), bounded steps, fp32.
+
+Batches are drawn from the blend's sources in proportion to their weights, with a seeded generator, so a run is
+reproducible. The checkpoint folder describes itself: model weights (safetensors), config.json (architecture +
+training settings), tokenizer.model, lineage.json (upstream versions) and loss_curve.json.
+Speed: ~3–4k tokens/s for a 5M-parameter model on 2 cores; the demo's 0.5M model does ~15–20k tokens/s.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from kura.train.model import GPT, GPTConfig
+
+
+class TrainConfig(BaseModel):
+    """Optimizer, schedule and budget of a local run."""
+
+    train_steps: int = Field(150, ge=1, description="Optimizer steps (the run's bounded budget).")
+    micro_batch_size: int = Field(16, ge=1, description="Sequences per step.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
+    min_lr: float = Field(3e-4, ge=0, description="Final learning rate of the cosine decay.")
+    warmup_steps: int = Field(15, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
+    clip_grad: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
+    seed: int = Field(1234, description="Seed for initialization and batch sampling.")
+    log_every: int = Field(10, ge=1, description="Record the loss every N steps.")
+
+
+def lr_at(step: int, t: TrainConfig) -> float:
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    frac = (step - t.warmup_steps) / max(1, t.train_steps - t.warmup_steps)
+    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def load_blend(packed_dir: Path):
+    """[(weight, IndexedDataset)] for the train split."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    blend = json.loads((packed_dir / "blend.json").read_text())["train"]
+    return [(float(blend[i]), IndexedDataset(str(packed_dir / blend[i + 1]))) for i in range(0, len(blend), 2)]
+
+
+def train_local(packed_dir: Path, tokenizer_dir: Path, out_dir: Path, model_cfg: GPTConfig, train_cfg: TrainConfig,
+                lineage: dict) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(train_cfg.seed)
+    rng = np.random.default_rng(train_cfg.seed)
+    parts = load_blend(packed_dir)
+    if not parts:
+        raise ValueError(f"packed dataset {packed_dir} has no training sequences")
+    weights = np.array([w for w, _ in parts]) / sum(w for w, _ in parts)
+    model = GPT(model_cfg)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": train_cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=train_cfg.lr, betas=(0.9, 0.95))
+    curve, t0 = [], time.perf_counter()
+    model.train()
+    for step in range(train_cfg.train_steps):
+        src = rng.choice(len(parts), size=train_cfg.micro_batch_size, p=weights)
+        rows = []
+        for s in src:
+            ds = parts[s][1]
+            rows.append(np.asarray(ds[int(rng.integers(len(ds)))], dtype=np.int64)[: model_cfg.seq_length + 1])
+        batch = torch.from_numpy(np.stack(rows))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, train_cfg)
+        loss = model.loss(batch[:, :-1], batch[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_grad)
+        opt.step()
+        if step % train_cfg.log_every == 0 or step == train_cfg.train_steps - 1:
+            curve.append({"step": step, "loss": round(loss.item(), 4), "lr": round(lr_at(step, train_cfg), 6),
+                          "grad_norm": round(float(gnorm), 4)})
+    seconds = time.perf_counter() - t0
+    tokens = train_cfg.train_steps * train_cfg.micro_batch_size * model_cfg.seq_length
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
+    shutil.copy(tokenizer_dir / "tokenizer.model", out_dir / "tokenizer.model")
+    (out_dir / "config.json").write_text(json.dumps({"architecture": "kura-gpt", "model": model_cfg.model_dump(),
+                                                     "train": train_cfg.model_dump()}, indent=1))
+    (out_dir / "lineage.json").write_text(json.dumps(lineage, indent=1, sort_keys=True))
+    (out_dir / "loss_curve.json").write_text(json.dumps(curve))
+    return {"parameters": sum(p.numel() for p in model.parameters()), "train_tokens": tokens,
+            "seconds": round(seconds, 1), "tokens_per_second": round(tokens / seconds, 1),
+            "first_loss": curve[0]["loss"], "final_loss": curve[-1]["loss"], "loss_curve": curve}
+
+
+def load_checkpoint(ckpt_dir: Path):
+    from safetensors.torch import load_file
+
+    cfg = json.loads((ckpt_dir / "config.json").read_text())
+    model = GPT(GPTConfig(**cfg["model"]))
+    model.load_state_dict(load_file(str(ckpt_dir / "model.safetensors")))
+    return model.eval(), cfg

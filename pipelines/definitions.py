@@ -1,0 +1,80 @@
+"""The code location: `dagster dev -m pipelines.definitions`.
+
+Graph: raw_corpus[file] → cleaned[file] (+GX check) → deduplicated → teacher_model → synthetic[day] →
+tokenizer → data_mix (YAML) → packed_dataset (+read-back check) → base_model → eval_perplexity.
+The resource set is chosen by KURA_ENV (`local` today; `cluster` swaps storage, generator and trainer for S3,
+vLLM endpoints and Kubernetes jobs).
+"""
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.corpus import cleaned, corpus_partitions, deduplicated, raw_corpus
+from assets.evaluation import eval_perplexity
+from assets.mix import build_data_mix
+from assets.pack import packed_dataset
+from assets.synthetic import daily_partitions, synthetic, teacher_model
+from assets.tokenizer import tokenizer
+from assets.train import base_model
+from pipelines.settings import Settings
+from resources import CorpusResource, GeneratorResource, ManifestIOManager, StorageResource
+
+INGEST = ["raw_corpus", "cleaned"]
+CURATE = ["deduplicated", "teacher_model"]
+SYNTH = ["synthetic"]
+MODEL = ["tokenizer", "data_mix", "packed_dataset", "base_model", "eval_perplexity"]
+
+
+def build_resources(s: Settings) -> dict:
+    if s.s3_endpoint or s.storage_root.startswith("s3://"):
+        storage = StorageResource(root=s.storage_root, endpoint_url=s.s3_endpoint,
+                                  access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
+                                  secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
+                                  cache_dir=str(s.home / "cache"))
+    else:
+        storage = StorageResource(root=s.storage_root, cache_dir=str(s.home / "cache"))
+    return {
+        "storage": storage,
+        "io_manager": ManifestIOManager(storage=storage),
+        "corpus": CorpusResource(path=s.corpus_dir, default_dir=str(s.home / "default_corpus")),
+        "generator": GeneratorResource(backend="auto"),
+    }
+
+
+ingest_job = dg.define_asset_job("ingest_job", selection=INGEST, partitions_def=corpus_partitions,
+                                 description="Read and clean one corpus file (one partition).")
+curate_job = dg.define_asset_job("curate_job", selection=CURATE, description="Dedup across shards; train the teacher.")
+synthetic_job = dg.define_asset_job("synthetic_job", selection=SYNTH, partitions_def=daily_partitions,
+                                    description="Generate one day's synthetic shard.")
+model_job = dg.define_asset_job("model_job", selection=MODEL,
+                                description="Tokenizer, mix, packing, training and evaluation.")
+
+synthetic_nightly = dg.build_schedule_from_partitioned_job(synthetic_job, hour_of_day=2, minute_of_hour=0,
+                                                           name="synthetic_nightly")
+
+
+@dg.sensor(job=ingest_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
+def corpus_files_sensor(context: dg.SensorEvaluationContext, corpus: CorpusResource) -> dg.SensorResult:
+    """Adds a `corpus_files` partition for each new file in the corpus folder and requests its ingest run."""
+    existing = set(context.instance.get_dynamic_partitions(corpus_partitions.name))
+    new = [k for k in corpus.list_files() if k not in existing]
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(partition_key=k, run_key=k) for k in new],
+        dynamic_partitions_requests=[corpus_partitions.build_add_request(new)] if new else [])
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    s = settings or Settings.from_env()
+    return dg.Definitions(
+        assets=[raw_corpus, cleaned, deduplicated, teacher_model, synthetic, tokenizer, build_data_mix(s.mix_file),
+                packed_dataset, base_model, eval_perplexity],
+        jobs=[ingest_job, curate_job, synthetic_job, model_job],
+        schedules=[synthetic_nightly],
+        sensors=[corpus_files_sensor,
+                 dg.AutomationConditionSensorDefinition("kura_automation", target=dg.AssetSelection.all(),
+                                                        default_status=dg.DefaultSensorStatus.RUNNING)],
+        resources=build_resources(s),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,31 @@
+"""Environment → settings. Read when the definitions load (not at import of kura), from KURA_* variables, so the
+UI, the daemon, the demo and the tests point at the same places."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PIPELINES_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str
+    home: Path
+    storage_root: str
+    corpus_dir: str
+    mix_file: Path
+    s3_endpoint: str | None
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        home = Path(os.environ.get("KURA_HOME", Path.cwd() / ".kura")).absolute()
+        env = os.environ.get("KURA_ENV", "local")
+        if env not in ("local", "cluster"):
+            raise ValueError(f"KURA_ENV={env!r}: expected 'local' or 'cluster'")
+        return cls(env=env, home=home,
+                   storage_root=os.environ.get("KURA_STORAGE_ROOT", str(home / "storage")),
+                   corpus_dir=os.environ.get("KURA_CORPUS_DIR", ""),
+                   mix_file=Path(os.environ.get("KURA_MIX_FILE", PIPELINES_DIR / "mixes" / "default.yaml")),
+                   s3_endpoint=os.environ.get("KURA_S3_ENDPOINT") or None)

@@ -1,0 +1,43 @@
+"""IO manager for manifests: assets return small JSON dicts (URIs, counts, hashes); this stores them as JSON
+beside the data (`<root>/_manifests/<asset>/<partition>.json`). Never pickle; large data never passes here.
+
+A downstream asset that depends on many partitions receives `{partition_key: manifest}` for the partitions that
+exist (a mix over "all synthetic days so far" must not fail because tomorrow is not generated yet).
+"""
+
+import dagster as dg
+
+from resources.storage import StorageResource
+
+_UNPARTITIONED = "__all__"
+
+
+class ManifestIOManager(dg.ConfigurableIOManager):
+    storage: dg.ResourceDependency[StorageResource]
+
+    def _rel(self, key: dg.AssetKey, partition: str | None) -> str:
+        part = (partition or _UNPARTITIONED).replace("/", "__")
+        return f"_manifests/{'/'.join(key.path)}/{part}.json"
+
+    def handle_output(self, context: dg.OutputContext, obj: dict) -> None:
+        if obj is None:
+            return
+        if not isinstance(obj, dict):
+            raise TypeError(f"{context.asset_key.to_user_string()}: assets must return a JSON manifest (dict)")
+        part = context.partition_key if context.has_partition_key else None
+        self.storage.get().write_json(self._rel(context.asset_key, part), obj)
+
+    def load_input(self, context: dg.InputContext):
+        storage = self.storage.get()
+        key = context.asset_key
+        if not context.has_asset_partitions:
+            return storage.read_json(self._rel(key, None))
+        keys = context.asset_partition_keys
+        if context.has_partition_key and len(keys) == 1:  # partition -> same partition (raw_corpus -> cleaned)
+            return storage.read_json(self._rel(key, keys[0]))
+        out = {}
+        for pk in keys:  # unpartitioned downstream of a partitioned asset: the partitions that exist
+            rel = self._rel(key, pk)
+            if storage.exists(rel):
+                out[pk] = storage.read_json(rel)
+        return out
