@@ -43,11 +43,18 @@ def prepare_env(home: Path, corpus: str | None = None) -> None:
         os.environ["KURA_CORPUS_DIR"] = str(Path(corpus).absolute())
 
 
-def run_pipeline(instance, defs, day: str | None = None, log=print) -> dict:
+def job_run_config(job_assets: list[str], ops_config: dict | None) -> dict:
+    ops = {k: {"config": v} for k, v in (ops_config or {}).items() if k in job_assets}
+    return {**QUIET, "ops": ops} if ops else QUIET
+
+
+def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: dict | None = None) -> dict:
     """Materialize the whole graph in dependency order; returns {asset: manifest} (for partitioned assets,
-    {asset: {partition: manifest}}). Bad input files do not stop the run: they are quarantined and counted."""
+    {asset: {partition: manifest}}). Bad input files do not stop the run: they are quarantined and counted.
+    `ops_config` maps asset names to their run config (tests use it for tiny budgets)."""
     from assets.corpus import corpus_partitions
     from assets.synthetic import daily_partitions
+    from pipelines.definitions import CURATE, INGEST, MODEL, SYNTH
 
     corpus = defs.resources["corpus"]
     files = corpus.list_files()
@@ -58,7 +65,8 @@ def run_pipeline(instance, defs, day: str | None = None, log=print) -> dict:
     out: dict = {"raw_corpus": {}, "cleaned": {}}
     for f in files:
         t = time.perf_counter()
-        r = defs.resolve_job_def("ingest_job").execute_in_process(instance=instance, partition_key=f, run_config=QUIET,
+        r = defs.resolve_job_def("ingest_job").execute_in_process(instance=instance, partition_key=f,
+                                                              run_config=job_run_config(INGEST, ops_config),
                                                               raise_on_error=False)
         for a in ("raw_corpus", "cleaned"):
             try:
@@ -71,13 +79,12 @@ def run_pipeline(instance, defs, day: str | None = None, log=print) -> dict:
         log(f"  ingest {f:28s} kept {c.get('kept', '-'):>5} dropped {c.get('dropped', '-'):>4} "
             f"rejected-at-read {out['raw_corpus'].get(f, {}).get('rejected', '-'):>3} "
             f"{'CHECK FAILED ' + ','.join(failed) if failed else 'checks ok'} ({time.perf_counter() - t:.1f}s)")
-    from pipelines.definitions import CURATE, MODEL, SYNTH
-
     for job, pk, names in (("curate_job", None, CURATE),
                            ("synthetic_job", day or daily_partitions.get_last_partition_key(), SYNTH),
                            ("model_job", None, MODEL)):
         t = time.perf_counter()
-        r = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=pk, run_config=QUIET,
+        r = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=pk,
+                                                         run_config=job_run_config(names, ops_config),
                                                      raise_on_error=False)
         if not r.success:
             errs = [e.message for e in r.all_events if e.is_failure]

@@ -36,7 +36,8 @@ def build_resources(s: Settings) -> dict:
     return {
         "storage": storage,
         "io_manager": ManifestIOManager(storage=storage),
-        "corpus": CorpusResource(path=s.corpus_dir, default_dir=str(s.home / "default_corpus")),
+        "corpus": CorpusResource(path=s.corpus_dir, default_dir=str(s.home / "default_corpus"),
+                                 n_docs=s.default_corpus_docs),
         "generator": GeneratorResource(backend="auto"),
     }
 

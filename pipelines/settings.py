@@ -17,6 +17,7 @@ class Settings:
     corpus_dir: str
     mix_file: Path
     s3_endpoint: str | None
+    default_corpus_docs: int = 3000
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -28,4 +29,5 @@ class Settings:
                    storage_root=os.environ.get("KURA_STORAGE_ROOT", str(home / "storage")),
                    corpus_dir=os.environ.get("KURA_CORPUS_DIR", ""),
                    mix_file=Path(os.environ.get("KURA_MIX_FILE", PIPELINES_DIR / "mixes" / "default.yaml")),
-                   s3_endpoint=os.environ.get("KURA_S3_ENDPOINT") or None)
+                   s3_endpoint=os.environ.get("KURA_S3_ENDPOINT") or None,
+                   default_corpus_docs=int(os.environ.get("KURA_DEFAULT_CORPUS_DOCS", "3000")))

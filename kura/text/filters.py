@@ -30,6 +30,9 @@ class CleanConfig(BaseModel):
         0.5, description="Drop a document when more than this fraction of its lines were ad/boilerplate lines.")
     max_duplicate_line_fraction: float = Field(
         0.3, description="Drop a document when more than this fraction of its lines repeat an earlier line.")
+    max_replacement_char_fraction: float = Field(
+        0.0, description="Drop a document when more than this fraction of its characters are U+FFFD (bytes that "
+                         "were lost in a bad decode and that ftfy cannot restore).")
     languages: list[str] = Field(default_factory=lambda: ["ja", "en"],
                                  description="Languages to keep (others are quarantined with reason language:<id>).")
     repair_mojibake: bool = Field(True, description="Repair UTF-8-read-as-cp1252 mojibake with ftfy before filtering.")
@@ -38,7 +41,7 @@ class CleanConfig(BaseModel):
     def _check(self) -> "CleanConfig":
         if not 0 <= self.min_chars < self.max_chars:
             raise ValueError(f"need 0 <= min_chars < max_chars, got {self.min_chars}, {self.max_chars}")
-        for name in ("max_boilerplate_line_fraction", "max_duplicate_line_fraction"):
+        for name in ("max_boilerplate_line_fraction", "max_duplicate_line_fraction", "max_replacement_char_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
         return self
@@ -93,6 +96,8 @@ def clean_documents(docs: Iterable[dict], cfg: CleanConfig) -> CleanResult:
             reason = "too_long"
         elif duplicate_line_fraction(text) > cfg.max_duplicate_line_fraction:
             reason = "repetitive"
+        elif text.count("\ufffd") / len(text) > cfg.max_replacement_char_fraction:
+            reason = "replacement_chars"
         lang, score = detect_language(text) if text else ("other", 0.0)
         if reason is None and lang not in cfg.languages:
             reason = f"language:{lang}"
