@@ -1,0 +1,85 @@
+"""Level 1: every kind of bad input is quarantined with a reason; nothing raises; nothing is lost."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kura.corpus.default import DefaultCorpusConfig, generate_documents, write_default_corpus
+from kura.corpus.readers import Document, Rejected, read_corpus_file
+
+
+def items(path):
+    out = list(read_corpus_file(path, path.name))
+    return [i for i in out if isinstance(i, Document)], [i for i in out if isinstance(i, Rejected)]
+
+
+def test_jsonl_with_bad_lines(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'{"text": "good one", "id": "a"}\n'
+                  b'{"text": "broken\n'
+                  b'\xff\xfe{"text": "bad utf8"}\n'
+                  b'{"title": "no text"}\n'
+                  b'\n'
+                  b'{"text": "good two", "id": "a"}\n')
+    docs, rej = items(p)
+    assert [d.text for d in docs] == ["good one", "good two"]
+    assert len({d.doc_id for d in docs}) == 2, "ids unique even when the input repeats them"
+    assert sorted(r.reason for r in rej) == ["blank_line", "invalid_utf8", "malformed_json", "missing_text_field"]
+    assert all(r.position > 0 for r in rej) and any(r.raw.startswith(b"\xff\xfe") for r in rej)
+
+
+def test_empty_unreadable_and_unsupported(tmp_path):
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert [r.reason for r in items(tmp_path / "empty.jsonl")[1]] == ["empty_file"]
+    os.symlink(tmp_path / "missing", tmp_path / "dangling.jsonl")
+    assert [r.reason for r in items(tmp_path / "dangling.jsonl")[1]] == ["unreadable_file"]
+    (tmp_path / "dir.jsonl").mkdir()
+    assert [r.reason for r in items(tmp_path / "dir.jsonl")[1]] == ["unreadable_file"]
+
+
+def test_truncated_gzip_keeps_what_was_read(tmp_path):
+    good = "".join(json.dumps({"text": f"doc {i} " * 50}) + "\n" for i in range(200)).encode()
+    blob = gzip.compress(good)
+    p = tmp_path / "t.jsonl.gz"
+    p.write_bytes(blob[: len(blob) // 2])
+    docs, rej = items(p)
+    assert 0 < len(docs) < 200 and [r.reason for r in rej] == ["truncated_file"]
+
+
+def test_truncated_parquet_and_missing_column(tmp_path):
+    p = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": ["a", "b"], "id": ["1", "2"]}), p)
+    assert [d.text for d in items(p)[0]] == ["a", "b"]
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) - 20])
+    assert [r.reason for r in items(p)[1]] == ["unreadable_parquet"]
+    q = tmp_path / "q.parquet"
+    pq.write_table(pa.table({"body": ["a"]}), q)
+    assert [r.reason for r in items(q)[1]] == ["missing_text_field"]
+
+
+def test_txt_and_html(tmp_path):
+    (tmp_path / "a.txt").write_text("これは本文です。")
+    (tmp_path / "b.txt").write_bytes(b"caf\xe9")
+    (tmp_path / "c.html").write_text("<html><body><p>本文の段落です。</p><script>x()</script></body></html>")
+    assert items(tmp_path / "a.txt")[0][0].text == "これは本文です。"
+    assert items(tmp_path / "b.txt")[1][0].reason == "invalid_utf8"
+    html = items(tmp_path / "c.html")[0][0].text
+    assert "本文の段落です。" in html and "x()" not in html
+
+
+def test_default_corpus_is_deterministic_and_has_defects(tmp_path):
+    cfg = DefaultCorpusConfig(n_docs=400)
+    assert generate_documents(cfg) == generate_documents(cfg)
+    a = write_default_corpus(tmp_path / "a", cfg)
+    b = write_default_corpus(tmp_path / "b", cfg)
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    assert {p.suffix for p in a} >= {".jsonl", ".gz", ".parquet", ".html", ".txt"}
+    docs = generate_documents(DefaultCorpusConfig())
+    assert len(docs) - len(set(docs)) > 100, "exact duplicates"
+    assert any("送料無料" in d for d in docs) and any(len(d) > 20000 for d in docs) and "" in docs
+    assert any("ã" in d for d in docs), "mojibake"

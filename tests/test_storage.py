@@ -1,0 +1,71 @@
+"""Level 1: storage, hashing and content-addressed outputs on a local root."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kura.io import MANIFEST_NAME, Storage, hash_dir, materialize_versioned, stable_hash
+
+
+def test_stable_hash_ignores_key_order():
+    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_write_json_is_atomic_and_leaves_no_temp_files(tmp_path):
+    st = Storage(str(tmp_path / "root"))
+    st.write_json("a/b.json", {"x": 1})
+    st.write_json("a/b.json", {"x": 2})
+    assert st.read_json("a/b.json") == {"x": 2}
+    assert [p.name for p in (tmp_path / "root" / "a").iterdir()] == ["b.json"]
+
+
+def test_materialize_versioned_is_content_addressed_and_reused(tmp_path):
+    st = Storage(str(tmp_path / "root"))
+    calls = []
+
+    def build(stage):
+        calls.append(1)
+        (stage / "data.txt").write_text("hello")
+        return {"rows": 1}
+
+    m1, reused1 = materialize_versioned(st, "asset", "in-1", build)
+    m2, reused2 = materialize_versioned(st, "asset", "in-1", build)
+    assert (reused1, reused2) == (False, True) and len(calls) == 1
+    assert m1 == m2 and m1["dir"] == f"asset/{m1['version']}" and m1["rows"] == 1
+    assert m1["version"] == hash_dir(tmp_path / "root" / m1["dir"], exclude=(MANIFEST_NAME,))[0]
+    # other inputs with identical content land in the same immutable folder
+    m3, _ = materialize_versioned(st, "asset", "in-2", build)
+    assert m3["dir"] == m1["dir"] and len(calls) == 2
+
+
+def test_a_killed_build_leaves_nothing_readable_and_reruns(tmp_path):
+    st = Storage(str(tmp_path / "root"))
+
+    def crash(stage):
+        (stage / "half.parquet").write_bytes(b"PAR1 partial")
+        raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        materialize_versioned(st, "asset", "in-1", crash)
+    assert not st.exists("asset/_inputs/in-1.json")
+    assert not (tmp_path / "root" / "asset").exists() or not any(
+        (p / MANIFEST_NAME).exists() for p in (tmp_path / "root" / "asset").iterdir())
+    assert not any((tmp_path / "root" / ".staging").iterdir()), "staging folder cleaned up"
+    m, reused = materialize_versioned(st, "asset", "in-1", lambda s: (s / "ok.txt").write_text("ok") and {})
+    assert not reused and json.loads((tmp_path / "root" / m["dir"] / MANIFEST_NAME).read_text())["version"]
+
+
+def test_committed_output_is_never_overwritten(tmp_path):
+    st = Storage(str(tmp_path / "root"))
+    m, _ = materialize_versioned(st, "k", "i", lambda s: (s / "f").write_text("1") and {})
+    with st.staging_dir() as stage:
+        (stage / "f").write_text("other")
+        assert st.publish_dir(stage, m["dir"], MANIFEST_NAME, {}) is False
+    assert (tmp_path / "root" / m["dir"] / "f").read_text() == "1"
+
+
+def test_empty_root_is_refused():
+    with pytest.raises(Exception, match="storage root is empty"):
+        Storage("")

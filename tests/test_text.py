@@ -1,0 +1,72 @@
+"""Level 1: normalization, language id, rule filters, exact dedup, the GX suite."""
+from __future__ import annotations
+
+import pandas as pd
+
+from kura.dedup.exact import dedup_key, dedup_shards
+from kura.quality.expectations import validate_documents
+from kura.text.filters import CleanConfig, clean_documents, strip_ad_lines
+from kura.text.normalize import detect_language, normalize_text
+
+JA = "今日は東京で歴史について学びました。多くの人が鉄道に興味を持っていますが、その文化はあまり知られていません。"
+EN = "Yesterday my neighbour studied the history of railways in Osaka. It is an interesting tradition."
+
+
+def test_normalize_nfkc_whitespace_and_mojibake():
+    text, _ = normalize_text("ＡＢＣ１２３　ｶﾀｶﾅ  \n\n\n\n次の段落")
+    assert text == "ABC123 カタカナ\n\n次の段落"
+    broken = JA.encode("utf-8").decode("cp1252", errors="ignore")
+    fixed, repaired = normalize_text("schÃ¶n")
+    assert fixed == "schön" and repaired
+    assert detect_language(broken)[0] != "ja"
+
+
+def test_language_id():
+    assert detect_language(JA)[0] == "ja"
+    assert detect_language(EN)[0] == "en"
+    assert detect_language(JA + " Tokyo station")[0] == "ja"
+    assert detect_language("Ceci est une phrase en français, évidemment très élégante.")[0] in ("en", "other")
+    assert detect_language("12345 !!!")[0] == "other"
+
+
+def test_ad_lines_removed_and_counted():
+    text, removed, nonblank = strip_ad_lines(f"{JA}\n送料無料！今すぐクリック\n{EN}", ["送料無料"])
+    assert removed == 1 and nonblank == 3 and "送料無料" not in text
+
+
+def test_filters_give_reasons_and_account_for_everything():
+    docs = [JA, EN, "短い", "", "送料無料\nカートに入れる\n今すぐ購入", "x" * 30000,
+            "\n".join([JA] * 6), JA[:20] + "\ufffd" * 5 + JA]
+    res = clean_documents([{"doc_id": str(i), "text": t, "source": "s"} for i, t in enumerate(docs)], CleanConfig())
+    assert [d["doc_id"] for d in res.kept] == ["0", "1"]
+    assert {r["doc_id"]: r["reason"] for r in res.rejected} == {
+        "2": "too_short", "3": "empty", "4": "boilerplate", "5": "too_long", "6": "repetitive",
+        "7": "replacement_chars"}
+    assert sum(res.drops.values()) + len(res.kept) == len(docs)
+
+
+def test_clean_config_rejects_contradictions():
+    import pytest
+
+    with pytest.raises(ValueError, match="min_chars < max_chars"):
+        CleanConfig(min_chars=100, max_chars=10)
+
+
+def test_exact_dedup_across_shards_first_copy_wins():
+    a = [{"doc_id": "a1", "text": "Hello, world"}, {"doc_id": "a2", "text": "unique"}]
+    b = [{"doc_id": "b1", "text": "hello  world!"}, {"doc_id": "b2", "text": "Hello, world"}]
+    kept, dups = dedup_shards([("b", b), ("a", a)])
+    assert [r["doc_id"] for r in kept["a"]] == ["a1", "a2"] and kept["b"] == []
+    assert {d["doc_id"]: d["duplicate_of"] for d in dups} == {"b1": "a1", "b2": "a1"}
+    assert dedup_key("ＨＥＬＬＯ world") == dedup_key("hello world")
+
+
+def test_gx_suite_passes_clean_and_fails_bad_shards():
+    good = pd.DataFrame([{"doc_id": "1", "source": "s", "text": JA, "lang": "ja", "lang_score": 1.0,
+                          "n_chars": len(JA)}])
+    assert validate_documents(good, min_chars=10, max_chars=1000, languages=["ja"]).success
+    bad = pd.concat([good, good.assign(text="壊れ\ufffd", lang="xx")])
+    r = validate_documents(bad, min_chars=10, max_chars=1000, languages=["ja"])
+    assert not r.success
+    assert {"expect_column_values_to_be_unique", "expect_column_values_to_be_in_set",
+            "expect_column_values_to_not_match_regex"} <= set(r.failed)
