@@ -1,0 +1,60 @@
+"""The UI command's server: the Dagster webserver on 127.0.0.1 serves kura's asset graph, telemetry off."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, free_port, wait_for_port
+
+
+@pytest.mark.slow
+def test_webserver_serves_the_asset_graph_on_loopback(tmp_path):
+    from pipelines.cli import prepare_env
+
+    env_before = dict(os.environ)
+    try:
+        prepare_env(tmp_path / "home")
+        env = dict(os.environ)
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    dh = Path(env["DAGSTER_HOME"])
+    assert "enabled: false" in (dh / "dagster.yaml").read_text()
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-webserver"), "-m", "pipelines.definitions",
+                             "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(port, 120, proc)
+        query = json.dumps({"query": "{ assetNodes { assetKey { path } dependencyKeys { path } } }"}).encode()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=query,
+                                             headers={"Content-Type": "application/json"})
+                nodes = json.loads(urllib.request.urlopen(req, timeout=30).read())["data"]["assetNodes"]
+                break
+            except Exception:  # noqa: BLE001 - the code location may still be loading
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        graph = {n["assetKey"]["path"][-1]: {d["path"][-1] for d in n["dependencyKeys"]} for n in nodes}
+        assert graph["packed_dataset"] == {"data_mix", "tokenizer"}
+        assert graph["eval_perplexity"] == {"base_model", "packed_dataset"}
+        assert len(graph) == 10
+        # with telemetry on, Dagster creates $DAGSTER_HOME/.telemetry/id.yaml at start-up (checked by hand)
+        assert not (dh / ".telemetry").exists(), "telemetry is off"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
