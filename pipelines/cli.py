@@ -152,6 +152,20 @@ def ui(args) -> int:
     return 0
 
 
+def freeze_cmd(args) -> int:
+    """Copy the latest committed output of an asset into a DVC-tracked folder (see dvc.yaml)."""
+    prepare_env(Path(args.home))
+    from kura.io.freeze import freeze
+    from pipelines.definitions import build_resources
+    from pipelines.settings import Settings
+
+    storage = build_resources(Settings.from_env())["storage"].get()
+    pointer = storage.read_json(f"_manifests/{args.asset}/__all__.json")
+    m = freeze(storage, pointer["dir"], args.out)
+    print(f"froze {args.asset} version {m['version']} ({len(m['files'])} files) into {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kura", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -165,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--day", help="synthetic partition to generate (default: the latest complete day)")
     d.add_argument("--json", help="also write a summary JSON here")
     sub.choices["ui"].add_argument("--port", type=int, default=3000)
+    f = sub.add_parser("freeze", help="copy an asset's latest output into a folder for `dvc add`/`dvc push`")
+    f.add_argument("asset")
+    f.add_argument("--out", required=True)
+    f.add_argument("--home", default=os.environ.get("KURA_HOME", ".kura"))
     args = p.parse_args(argv)
-    return {"demo": demo, "ui": ui}[args.cmd](args)
+    return {"demo": demo, "ui": ui, "freeze": freeze_cmd}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -69,3 +69,18 @@ def test_committed_output_is_never_overwritten(tmp_path):
 def test_empty_root_is_refused():
     with pytest.raises(Exception, match="storage root is empty"):
         Storage("")
+
+
+def test_freeze_copies_an_output_verified_byte_for_byte(tmp_path):
+    from kura.io.freeze import freeze
+
+    st = Storage(str(tmp_path / "root"))
+    m, _ = materialize_versioned(st, "packed", "i", lambda s: (s / "train.bin").write_bytes(b"\x01\x02") and {})
+    got = freeze(st, m["dir"], tmp_path / "frozen")
+    assert got["version"] == m["version"]
+    assert (tmp_path / "frozen" / "train.bin").read_bytes() == b"\x01\x02"
+    assert json.loads((tmp_path / "frozen" / MANIFEST_NAME).read_text())["version"] == m["version"]
+    (tmp_path / "root" / m["dir"] / "train.bin").write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="does not match the manifest"):
+        freeze(st, m["dir"], tmp_path / "frozen2")
+    assert not (tmp_path / "frozen2").exists()

@@ -1,0 +1,148 @@
+"""Whole demo under Dagster versus the same kura functions called directly, on the same generated corpus.
+
+    .venv/bin/python benchmarks/overhead.py [--docs 3000]
+
+Both runs start from empty state folders (nothing reused), use the same default configs and the same vLLM CPU
+engine, and write the same parquet/Megatron/checkpoint outputs. Prints a table: wall time per side, the ratio
+(target ≤ 1.15×), and peak RSS of this process tree's children is left to /usr/bin/time if wanted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
+    """The demo's work as plain function calls: no Dagster, no instance, no IO manager."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from assets.synthetic import SyntheticConfig, TeacherModelConfig
+    from assets.train import ModelArgs
+    from kura.corpus.readers import Document, read_corpus_file
+    from kura.dedup.exact import dedup_shards
+    from kura.eval.perplexity import evaluate_heldout
+    from kura.mix.resolve import SourceDocs, resolve_mix
+    from kura.mix.spec import load_mix
+    from kura.pack.megatron import safe_name, write_blend, write_indexed, write_packed_source
+    from kura.quality.expectations import validate_documents
+    from kura.synth.generators import SamplingConfig, VllmGenerator
+    from kura.synth.recipes import QADialogueRecipe
+    from kura.synth.teacher import TeacherConfig, train_teacher
+    from kura.text.filters import CleanConfig, clean_documents
+    from kura.tokenize.spm import SpmTokenizer, TokenizerConfig, train_sentencepiece
+    from kura.train.local import TrainConfig, load_checkpoint, train_local
+    from kura.train.model import GPTConfig
+
+    out = home / "direct"
+    out.mkdir(parents=True)
+    cc = CleanConfig()
+    shards = []
+    for f in sorted(p for p in corpus_dir.iterdir() if p.name != "_COMPLETE"):
+        docs = [{"doc_id": d.doc_id, "text": d.text, "source": d.source}
+                for d in read_corpus_file(f, f.name) if isinstance(d, Document)]
+        res = clean_documents(docs, cc)
+        pq.write_table(pa.Table.from_pylist(res.kept), out / f"cleaned_{f.name}.parquet")
+        import pandas as pd
+        validate_documents(pd.DataFrame(res.kept), min_chars=cc.min_chars, max_chars=cc.max_chars,
+                           languages=cc.languages)
+        shards.append((f.name, res.kept))
+    kept, _ = dedup_shards(shards)
+    ded = [r for k in sorted(kept) for r in kept[k]]
+    pq.write_table(pa.Table.from_pylist(ded), out / "deduplicated.parquet")
+    recipe, tcfg = QADialogueRecipe(), TeacherModelConfig()
+    docs = [dict(d) for d in ded]
+    random.Random(tcfg.seed).shuffle(docs)
+    ex = [recipe.render(d["text"], d["lang"]) + recipe.reference_completion(d["text"], d["lang"])
+          for d in docs[: tcfg.max_examples]]
+    train_teacher(ex, out / "teacher", TeacherConfig(**tcfg.model_dump(exclude={"max_examples"})))
+    sc = SyntheticConfig()
+    picked = random.Random(f"{sc.seed}:{day}").sample(ded, sc.docs_per_day)
+    prompts = [recipe.render(d["text"], d["lang"]) for d in picked]
+    gen = VllmGenerator(str(out / "teacher")).generate(prompts, SamplingConfig(sc.max_tokens, sc.temperature,
+                                                                                sc.top_p, sc.seed))
+    syn = []
+    for i, (d, c) in enumerate(zip(picked, gen.completions)):
+        try:
+            turns = recipe.parse(c)
+        except ValueError:
+            continue
+        if recipe.validate(turns)[0]:
+            syn.append({"doc_id": f"synthetic:{day}:{i}", "text": recipe.to_text(turns), "lang": d["lang"]})
+    pq.write_table(pa.Table.from_pylist(syn), out / "synthetic.parquet")
+    from kura.mix.resolve import is_heldout
+    rows = ded + syn
+    train_sentencepiece([r["text"] for r in rows if not is_heldout(r["doc_id"], 0.02)], out / "tok", TokenizerConfig())
+    tok = SpmTokenizer(out / "tok" / "tokenizer.model")
+    mix = load_mix(Path(__file__).resolve().parents[1] / "pipelines" / "mixes" / "default.yaml")
+    sel, _ = resolve_mix(mix, {"deduplicated": SourceDocs("deduplicated", {}, ded), "synthetic": SourceDocs(
+        "synthetic", {}, syn)}, lambda ts: [len(x) for x in tok.encode_batch(ts)])
+    texts = {("deduplicated", d["doc_id"]): d["text"] for d in ded} | {("synthetic", d["doc_id"]): d["text"] for d in syn}
+    keys = sorted({(r["source"], r["doc_id"]) for r in sel})
+    ids = dict(zip(keys, tok.encode_batch([texts[k] for k in keys])))
+    pk = out / "packed"
+    pk.mkdir()
+    train_lists, held = defaultdict(list), defaultdict(list)
+    for r in sel:
+        (train_lists[r["source"]] if r["split"] == "train" else held[r["lang"]]).append(ids[(r["source"], r["doc_id"])])
+    train = {k: write_packed_source(pk, k, v, mix.sequence_length, tok.eos_id, tok.vocab_size)
+             for k, v in sorted(train_lists.items())}
+    for lang, v in held.items():
+        write_indexed(pk / f"heldout_{safe_name(lang)}", v, tok.vocab_size)
+    write_blend(pk, train)
+    mcfg = GPTConfig(**ModelArgs().model_dump(), vocab_size=tok.vocab_size, seq_length=mix.sequence_length)
+    train_local(pk, out / "tok", out / "ckpt", mcfg, TrainConfig(), {})
+    model, cfg = load_checkpoint(out / "ckpt")
+    return evaluate_heldout(model, pk, mcfg.seq_length, mcfg.vocab_size, 500)
+
+
+def run_dagster(home: Path, day: str) -> dict:
+    import dagster as dg
+
+    from pipelines.cli import prepare_env, quiet_warnings, run_pipeline
+    from pipelines.definitions import build_definitions
+
+    prepare_env(home)
+    quiet_warnings()
+    out = run_pipeline(dg.DagsterInstance.get(), build_definitions(), day=day, log=lambda *_: None)
+    return out["eval_perplexity"]["perplexity"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", type=int, default=3000)
+    ap.add_argument("--day", default="2026-11-20")
+    args = ap.parse_args()
+    os.environ["KURA_DEFAULT_CORPUS_DOCS"] = str(args.docs)
+    from kura.corpus.default import DefaultCorpusConfig, write_default_corpus
+
+    base = Path(tempfile.mkdtemp(prefix="kura-bench-"))
+    corpus = base / "corpus"
+    write_default_corpus(corpus, DefaultCorpusConfig(n_docs=args.docs))
+    os.environ["KURA_CORPUS_DIR"] = str(corpus)
+    rows = []
+    t = time.perf_counter()
+    ppl_direct = run_direct(base / "direct_home", corpus, args.day)
+    rows.append(("kura functions, direct", time.perf_counter() - t, ppl_direct))
+    t = time.perf_counter()
+    ppl_dagster = run_dagster(base / "dagster_home", args.day)
+    rows.append(("Dagster (in-process runs)", time.perf_counter() - t, ppl_dagster))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nwhole demo, {args.docs} documents, 2-core CPU; peak RSS of this process {rss:.0f} MiB")
+    print(f"{'side':28s} {'seconds':>8s}  perplexity ja / en")
+    for name, secs, p in rows:
+        print(f"{name:28s} {secs:8.1f}  {p['ja']['perplexity']} / {p['en']['perplexity']}")
+    print(f"{'ratio dagster / direct':28s} {rows[1][1] / rows[0][1]:8.3f}  (target <= 1.15)")
+
+
+if __name__ == "__main__":
+    main()
