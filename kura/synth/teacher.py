@@ -94,7 +94,7 @@ def train_teacher(examples: list[str], out_dir: str | Path, cfg: TeacherConfig) 
         opt.step()
         sched.step()
         ntok += int((labels != -100).sum())
-        losses.append(round(float(loss), 4))
+        losses.append(round(loss.item(), 4))
     seconds = time.perf_counter() - t0
     model.save_pretrained(out, safe_serialization=True)
     stats = {"parameters": sum(p.numel() for p in model.parameters()), "steps": cfg.steps,
