@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import resource
 import sys
 import tempfile
@@ -37,6 +36,7 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     from kura.quality.expectations import validate_documents
     from kura.synth.generators import SamplingConfig, VllmGenerator
     from kura.synth.recipes import QADialogueRecipe
+    from kura.synth.shard import generate_shard, pick_documents, teacher_examples
     from kura.synth.teacher import TeacherConfig, train_teacher
     from kura.text.filters import CleanConfig, clean_documents
     from kura.tokenize.spm import SpmTokenizer, TokenizerConfig, train_sentencepiece
@@ -60,24 +60,12 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     ded = [r for k in sorted(kept) for r in kept[k]]
     pq.write_table(pa.Table.from_pylist(ded), out / "deduplicated.parquet")
     recipe, tcfg = QADialogueRecipe(), TeacherModelConfig()
-    docs = [dict(d) for d in ded]
-    random.Random(tcfg.seed).shuffle(docs)
-    ex = [recipe.render(d["text"], d["lang"]) + recipe.reference_completion(d["text"], d["lang"])
-          for d in docs[: tcfg.max_examples]]
+    ex = teacher_examples(ded, recipe, tcfg.max_examples, tcfg.seed)
     train_teacher(ex, out / "teacher", TeacherConfig(**tcfg.model_dump(exclude={"max_examples"})))
     sc = SyntheticConfig()
-    picked = random.Random(f"{sc.seed}:{day}").sample(ded, sc.docs_per_day)
-    prompts = [recipe.render(d["text"], d["lang"]) for d in picked]
-    gen = VllmGenerator(str(out / "teacher")).generate(prompts, SamplingConfig(sc.max_tokens, sc.temperature,
-                                                                                sc.top_p, sc.seed))
-    syn = []
-    for i, (d, c) in enumerate(zip(picked, gen.completions)):
-        try:
-            turns = recipe.parse(c)
-        except ValueError:
-            continue
-        if recipe.validate(turns)[0]:
-            syn.append({"doc_id": f"synthetic:{day}:{i}", "text": recipe.to_text(turns), "lang": d["lang"]})
+    picked = pick_documents(ded, sc.docs_per_day, sc.seed, day)
+    syn = generate_shard(picked, recipe, VllmGenerator(str(out / "teacher")),
+                         SamplingConfig(sc.max_tokens, sc.temperature, sc.top_p, sc.seed), day).kept
     pq.write_table(pa.Table.from_pylist(syn), out / "synthetic.parquet")
     from kura.mix.resolve import is_heldout
     rows = ded + syn

@@ -39,6 +39,8 @@ def prepare_env(home: Path, corpus: str | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("VLLM_CACHE_ROOT", str(home / "cache" / "vllm"))
+    os.environ.setdefault("HF_HOME", str(home / "cache" / "hf"))          # nothing under ~/.cache
+    os.environ.setdefault("XDG_CACHE_HOME", str(home / "cache" / "xdg"))
     if corpus:
         os.environ["KURA_CORPUS_DIR"] = str(Path(corpus).absolute())
 

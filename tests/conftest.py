@@ -21,6 +21,10 @@ os.environ.update({
     "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DVC_NO_ANALYTICS": "1",
     "AWS_EC2_METADATA_DISABLED": "true", "MPLBACKEND": "Agg",
 })
+# nothing under the home directory: model, dataset and library caches go to a per-run temp folder
+_CACHE = Path(os.environ.get("PYTEST_KURA_CACHE") or __import__("tempfile").mkdtemp(prefix="kura-test-cache-"))
+for _var, _sub in (("HF_HOME", "hf"), ("XDG_CACHE_HOME", "xdg"), ("VLLM_CACHE_ROOT", "vllm")):
+    os.environ[_var] = str(_CACHE / _sub)
 warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
 
 # tiny budgets for the whole-graph test: ~1 minute of CPU, most of it vLLM's start-up

@@ -28,6 +28,23 @@ def test_recipe_parse_validate_render():
     assert R.parse(R.reference_completion("一文目。二文目。三文目。", "ja"))[1]["content"] == "一文目。二文目。"
 
 
+def test_generate_shard_accounts_for_every_prompt():
+    from kura.synth.generators import GenerationResult, Generator
+    from kura.synth.shard import generate_shard, pick_documents
+
+    class Scripted(Generator):  # a deterministic stand-in for the model: this test is about the bookkeeping
+        def generate(self, prompts, sampling):
+            outs = ["質問: 何の話ですか。\n回答: 東京の鉄道の歴史の話です。", "no format at all", "回答: 先に答え\n質問: 後から質問"]
+            return GenerationResult(outs[: len(prompts)], 10, 20, 1.0, "scripted")
+
+    docs = [{"doc_id": f"d{i}", "text": "本文です。" * 5, "lang": "ja"} for i in range(3)]
+    assert pick_documents(docs * 10, 3, 0, "2026-11-01") == pick_documents(docs * 10, 3, 0, "2026-11-01")
+    res = generate_shard(docs, R, Scripted(), SamplingConfig(), "2026-11-01")
+    assert [r["source_doc_id"] for r in res.kept] == ["d0"] and res.kept[0]["doc_id"] == "synthetic:2026-11-01:0"
+    assert dict(res.reasons) == {"unparseable": 1, "starts_with_answer": 1}
+    assert len(res.kept) + len(res.rejected) == 3
+
+
 def test_teacher_config_rejects_head_dims_vllm_cannot_run():
     with pytest.raises(ValueError, match="head_dim"):
         TeacherConfig(hidden_size=64, num_heads=4)

@@ -60,7 +60,10 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
 def train_teacher(examples: list[str], out_dir: str | Path, cfg: TeacherConfig) -> dict:
     """Train on `examples` (prompt + completion strings) and save an HF model folder; returns training stats."""
     import torch
+    import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    transformers.utils.logging.disable_progress_bar()
 
     out = Path(out_dir)
     rng = random.Random(cfg.seed)
