@@ -1,7 +1,12 @@
-"""data_mix: a factory turning a mix YAML (pipelines/mixes/*.yaml) into an asset. The YAML's content is part of
-the asset's code version, so editing the mix marks it stale and — through its automation condition — rebuilds
-everything downstream in one go."""
+"""Mix stages, built by a factory from one mix YAML (pipelines/mixes/*.yaml): for every phase P,
+`data_mix/P` (the phase resolved to documents and token counts) and `packed_dataset/P` (tokenized, best-fit packed,
+Megatron .bin/.idx + blend), plus `mix_report` (tokens per source per phase, as a table and a picture).
 
+Each phase's code version hashes only that phase's part of the YAML, so editing one phase's weight marks only that
+phase's `data_mix` stale; its automation condition then rebuilds that phase and what depends on it, nothing else.
+"""
+import json
+from collections import defaultdict
 from pathlib import Path
 
 import dagster as dg
@@ -9,8 +14,12 @@ import pyarrow as pa
 
 import kura.mix.resolve as resolve
 import kura.mix.spec as spec_mod
-from assets._common import output, run_versioned, source_version, write_json, write_parquet
-from assets.automation import ON_EDIT_OR_EAGER
+import kura.pack.bestfit as bestfit
+import kura.pack.chat as chat
+import kura.pack.megatron as packing
+import kura.tokenize.parallel as parallel
+from assets._common import output, read_parquet, run_versioned, source_version, write_json, write_parquet
+from assets.automation import EAGER, ON_EDIT_OR_EAGER
 from assets.tokenizer import corpus_rows, synthetic_rows
 from kura.tokenize.spm import SpmTokenizer
 from resources import StorageResource
@@ -18,52 +27,220 @@ from resources import StorageResource
 MIX_SOURCES = {"deduplicated", "synthetic"}
 
 SELECTION_SCHEMA = pa.schema([("source", pa.string()), ("doc_id", pa.string()), ("lang", pa.string()),
-                              ("split", pa.string()), ("epoch", pa.int64()), ("n_tokens", pa.int64())])
+                              ("split", pa.string()), ("epoch", pa.int64()), ("n_tokens", pa.int64()),
+                              ("replay_of", pa.string())])
 MIX_DOCS_SCHEMA = pa.schema([("source", pa.string()), ("doc_id", pa.string()), ("lang", pa.string()),
-                             ("text", pa.string())])
+                             ("text", pa.string()), ("turns", pa.string()), ("chat_template", pa.string()),
+                             ("loss_mask", pa.string())])
 
 
-def build_data_mix(spec_path: str | Path) -> dg.AssetsDefinition:
+def mix_key(phase: str) -> dg.AssetKey:
+    return dg.AssetKey(["data_mix", phase])
+
+
+def packed_key(phase: str) -> dg.AssetKey:
+    return dg.AssetKey(["packed_dataset", phase])
+
+
+def build_mix_assets(spec_path: str | Path) -> list[dg.AssetsDefinition]:
     spec_path = Path(spec_path)
     mix = spec_mod.load_mix(spec_path, known_sources=MIX_SOURCES)  # a bad mix fails at load time, with its name
-    yaml_text = spec_path.read_text(encoding="utf-8")
+    assets: list[dg.AssetsDefinition] = []
+    for i, phase in enumerate(mix.phases):
+        prev = mix.phases[i - 1].name if i and phase.replay_fraction > 0 else None
+        assets += [_mix_asset(mix, phase, spec_path.name, prev), _packed_asset(mix, phase)]
+    assets.append(_report_asset(mix))
+    return assets
 
-    @dg.asset(name="data_mix", group_name="model_data", automation_condition=ON_EDIT_OR_EAGER,
-              code_version=source_version(spec_mod, resolve, extra=yaml_text),
-              ins={"synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
-              description=f"Mix '{mix.name}' from {spec_path.name}: "
-                          + ", ".join(f"{s.source}{'[' + s.lang + ']' if s.lang else ''}={s.weight:g}"
-                                      for s in mix.sources)
-                          + f"; {mix.total_tokens} tokens at sequence length {mix.sequence_length}.")
-    def data_mix(context: dg.AssetExecutionContext, deduplicated: dict, synthetic: dict, tokenizer: dict,
-                 storage: StorageResource) -> dg.Output:
+
+def _phase_version_text(mix: spec_mod.MixSpec, phase: spec_mod.MixPhase) -> str:
+    templates = {s.chat_template: mix.chat_templates[s.chat_template].model_dump()
+                 for s in phase.sources if s.chat_template}
+    return json.dumps({"phase": phase.model_dump(), "templates": templates}, sort_keys=True)
+
+
+def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinition:
+    ins = {"deduplicated": dg.AssetIn("deduplicated"),
+           "synthetic": dg.AssetIn("synthetic", partition_mapping=dg.AllPartitionMapping()),
+           "tokenizer": dg.AssetIn("tokenizer")}
+    if prev:
+        ins["previous_phase"] = dg.AssetIn(key=mix_key(prev))
+    budget = ", ".join(f"{s.label}={s.weight:g}" if s.weight is not None else f"{s.label}={s.tokens} tokens"
+                       for s in phase.sources)
+
+    @dg.asset(key=mix_key(phase.name), group_name="model_data", ins=ins, automation_condition=ON_EDIT_OR_EAGER,
+              code_version=source_version(spec_mod, resolve, chat, extra=_phase_version_text(mix, phase)),
+              description=f"Mix '{mix.name}', phase '{phase.name}' ({file_name}): {budget}"
+                          + (f", replay {phase.replay_fraction:g} of {prev}" if prev else "")
+                          + f"; sequence length {phase.sequence_length}.")
+    def _data_mix(context: dg.AssetExecutionContext, storage: StorageResource, **inputs) -> dg.Output:
         st = storage.get()
+        ded, syn, tok_m = inputs["deduplicated"], inputs["synthetic"], inputs["tokenizer"]
+        prev_m = inputs.get("previous_phase")
 
         def build(stage):
-            tok = SpmTokenizer(st.local_dir(tokenizer["dir"]) / "tokenizer.model")
-            ded, syn = corpus_rows(st, deduplicated), synthetic_rows(st, synthetic)
-            sources = {
-                "deduplicated": resolve.SourceDocs("deduplicated", {"all": deduplicated["version"]}, ded),
-                "synthetic": resolve.SourceDocs("synthetic", {k: v["version"] for k, v in synthetic.items()}, syn),
-            }
-            rows, summary = resolve.resolve_mix(mix, sources, lambda texts: [len(x) for x in tok.encode_batch(texts)])
+            tok = SpmTokenizer(st.local_dir(tok_m["dir"]) / "tokenizer.model")
+            if phase.sequence_length > tok.model_max_length:
+                raise spec_mod.MixError(f"mix {mix.name}: phase {phase.name!r}: sequence_length "
+                                        f"{phase.sequence_length} exceeds the tokenizer's model_max_length "
+                                        f"{tok.model_max_length}")
+            sources = {"deduplicated": resolve.SourceDocs("deduplicated", {"all": ded["version"]},
+                                                          corpus_rows(st, ded)),
+                       "synthetic": resolve.SourceDocs("synthetic", {k: v["version"] for k, v in syn.items()},
+                                                       synthetic_rows(st, syn))}
+            pool, prev_docs = [], {}
+            if prev_m:
+                pool = read_parquet(st, prev_m, "selection.parquet").to_pylist()
+                prev_docs = {(d["source"], d["doc_id"]): d
+                             for d in read_parquet(st, prev_m, "documents.parquet").to_pylist()}
+            rows, summary, docs_by_label = resolve.resolve_phase(
+                mix, phase, sources, lambda texts: [len(x) for x in tok.encode_batch(texts)], pool)
             used = {(r["source"], r["doc_id"]) for r in rows}
-            by_label = {}
-            for s in mix.sources:
-                label = s.source + (f"[{s.lang}]" if s.lang else "")
-                by_label[label] = sources[s.source].docs
-            docs = [{"source": label, "doc_id": d["doc_id"], "lang": d["lang"], "text": d["text"]}
-                    for label, ds in by_label.items() for d in ds if (label, d["doc_id"]) in used]
-            write_parquet(stage / "selection.parquet", rows, SELECTION_SCHEMA)
+            meta = {s.label: (s.chat_template, s.loss_mask) for s in phase.sources}
+            docs = [{"source": label, "doc_id": d["doc_id"], "lang": d.get("lang") or "", "text": d["text"],
+                     "turns": d.get("turns"), "chat_template": meta[label][0], "loss_mask": meta[label][1]}
+                    for label, ds in docs_by_label.items() for d in ds if (label, d["doc_id"]) in used]
+            for key in sorted({(r["replay_of"], r["doc_id"]) for r in rows if r["source"] == "replay"}):
+                docs.append({**prev_docs[key], "source": "replay"})
+            write_parquet(stage / "selection.parquet", [{"replay_of": None, **r} for r in rows], SELECTION_SCHEMA)
             write_parquet(stage / "documents.parquet", docs, MIX_DOCS_SCHEMA)
-            summary["tokenizer"] = tokenizer["version"]
-            write_json(stage / "mix.json", {"spec": mix.model_dump(), "spec_file": spec_path.name, **summary})
-            return {"summary": summary, "spec": mix.model_dump()}
+            summary["tokenizer"] = tok_m["version"]
+            spec = {"mix": mix.name, "phase": phase.model_dump(), "chat_templates":
+                    {k: v.model_dump() for k, v in mix.chat_templates.items()}}
+            write_json(stage / "mix.json", {**spec, **summary})
+            return {"summary": summary, **spec}
 
-        m, reused = run_versioned(context, st, config=mix.model_dump(),
-                                  upstream={"deduplicated": deduplicated, "synthetic": synthetic,
-                                            "tokenizer": tokenizer}, build=build)
-        return output(m, reused, mix=mix.name, tokens_selected=m["summary"]["tokens_selected"],
+        upstream = {"deduplicated": ded, "synthetic": syn, "tokenizer": tok_m, "previous_phase": prev_m}
+        m, reused = run_versioned(context, st, config=json.loads(_phase_version_text(mix, phase)),
+                                  upstream=upstream, build=build)
+        return output(m, reused, mix=mix.name, phase=phase.name, tokens_selected=m["summary"]["tokens_selected"],
                       sources=m["summary"]["sources"])
 
-    return data_mix
+    return _data_mix
+
+
+def _packed_asset(mix, phase) -> dg.AssetsDefinition:
+    @dg.asset(key=packed_key(phase.name), group_name="model_data", automation_condition=EAGER,
+              ins={"data_mix": dg.AssetIn(key=mix_key(phase.name)), "tokenizer": dg.AssetIn("tokenizer")},
+              code_version=source_version(packing, bestfit, chat, parallel),
+              check_specs=[dg.AssetCheckSpec("megatron_readback", asset=packed_key(phase.name), blocking=True,
+                                             description="Every .bin/.idx opens with megatron-core's IndexedDataset, "
+                                                         "holds the recorded sequence count, and ids < vocab size.")])
+    def _packed(context: dg.AssetExecutionContext, data_mix: dict, tokenizer: dict, storage: StorageResource):
+        st = storage.get()
+        seq_len = data_mix["phase"]["sequence_length"]
+
+        def build(stage):
+            tok_path = st.local_dir(tokenizer["dir"]) / "tokenizer.model"
+            tok = SpmTokenizer(tok_path)
+            sel = read_parquet(st, data_mix, "selection.parquet").to_pylist()
+            docs = read_parquet(st, data_mix, "documents.parquet").to_pylist()
+            templates = {k: spec_mod.ChatTemplate(**v) for k, v in data_mix["chat_templates"].items()}
+            plain = [d for d in docs if not (d["chat_template"] and d["loss_mask"] == "assistant_only")]
+            encoded = {}
+            for d, ids in zip(plain, parallel.encode_parallel(str(tok_path), [d["text"] for d in plain])):
+                encoded[(d["source"], d["doc_id"])] = (ids, [1] * len(ids))
+            for d in docs:
+                if (d["source"], d["doc_id"]) not in encoded:
+                    encoded[(d["source"], d["doc_id"])] = chat.render_conversation(
+                        d["turns"], templates[d["chat_template"]], tok.encode, assistant_only=True)
+            train_docs: dict[str, list] = defaultdict(list)
+            heldout: dict[str, list] = defaultdict(list)
+            for r in sel:
+                ids_mask = encoded[(r["source"], r["doc_id"])]
+                if r["split"] == "train":
+                    train_docs[r["source"]].append(ids_mask)
+                else:
+                    heldout[r["lang"] or "all"].append(ids_mask[0])
+            train = {label: packing.write_packed_source(stage, label, lists, seq_len, tok.eos_id, tok.pad_id,
+                                                        tok.vocab_size)
+                     for label, lists in sorted(train_docs.items())}
+            held = {lang: packing.write_indexed(stage / f"heldout_{packing.safe_name(lang)}", lists,
+                                                tok.vocab_size) for lang, lists in sorted(heldout.items())}
+            blend = packing.write_blend(stage, train)
+            real = sum(v["real_tokens"] for v in train.values())
+            total = sum(v["tokens"] for v in train.values())
+            info = {"phase": data_mix["phase"]["name"], "sequence_length": seq_len, "vocab_size": tok.vocab_size,
+                    "train": train, "heldout": held, "blend": blend, "mix": data_mix["version"],
+                    "tokenizer": tokenizer["version"], "train_tokens": real,
+                    "utilization": round(real / total, 5) if total else 1.0}
+            write_json(stage / "packed.json", info)
+            return info
+
+        m, reused = run_versioned(context, st, config={}, upstream={"data_mix": data_mix, "tokenizer": tokenizer},
+                                  build=build)
+        yield output(m, reused, train_tokens=m["train_tokens"], utilization=m["utilization"], train=m["train"],
+                     heldout=m["heldout"], blend=m["blend"], sequence_length=seq_len)
+        yield readback_check(st, m)
+
+    return _packed
+
+
+def readback_check(st, m: dict) -> dg.AssetCheckResult:
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    d = st.local_dir(m["dir"])
+    problems = []
+    for name, info in m["train"].items():
+        for prefix, limit in ((info["prefix"], m["vocab_size"]), (info["mask_prefix"], 2)):
+            ds = IndexedDataset(str(d / prefix))
+            if len(ds) != info["sequences"]:
+                problems.append(f"{prefix}: {len(ds)} sequences, manifest says {info['sequences']}")
+            if len(ds) and (int(np.max(ds[len(ds) - 1])) >= limit or len(ds[0]) != m["sequence_length"] + 1):
+                problems.append(f"{prefix}: bad ids or sequence length")
+    for lang, info in m["heldout"].items():
+        if len(IndexedDataset(str(d / f"heldout_{packing.safe_name(lang)}"))) != info["sequences"]:
+            problems.append(f"heldout_{lang}: count mismatch")
+    if not m["train_tokens"]:
+        problems.append("no training tokens")
+    return dg.AssetCheckResult(check_name="megatron_readback", passed=not problems,
+                               severity=dg.AssetCheckSeverity.ERROR,
+                               metadata={"problems": dg.MetadataValue.json(problems),
+                                         "blend": dg.MetadataValue.text(json.dumps(m["blend"]))})
+
+
+def _report_asset(mix) -> dg.AssetsDefinition:
+    ins = {f"phase_{p.name}": dg.AssetIn(key=mix_key(p.name)) for p in mix.phases}
+
+    @dg.asset(name="mix_report", group_name="model_data", ins=ins, automation_condition=EAGER,
+              code_version=source_version(extra="mix_report-1"))
+    def _report(context: dg.AssetExecutionContext, storage: StorageResource, **phases) -> dg.Output:
+        """Tokens per source per phase: a table in metadata and a stacked-bar picture."""
+        import base64
+        import io
+
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        st = storage.get()
+        order = [p.name for p in mix.phases]
+        table = {name: {src: v["tokens_selected"] for src, v in phases[f"phase_{name}"]["summary"]["sources"].items()}
+                 for name in order}
+
+        def build(stage):
+            fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+            bottoms = [0] * len(order)
+            for src in sorted({s for t in table.values() for s in t}):
+                vals = [table[p].get(src, 0) for p in order]
+                ax.bar(order, vals, bottom=bottoms, label=src)
+                bottoms = [a + b for a, b in zip(bottoms, vals)]
+            ax.set_ylabel("tokens")
+            ax.set_title(f"mix '{mix.name}': tokens per source per phase")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(stage / "mix_report.png")
+            plt.close(fig)
+            write_json(stage / "mix_report.json", table)
+            return {"table": table}
+
+        m, reused = run_versioned(context, st, config={}, upstream=phases, build=build)
+        png = (st.local_dir(m["dir"]) / "mix_report.png").read_bytes()
+        rows = [dg.TableRecord({"phase": p, "source": s, "tokens": n}) for p in order for s, n in table[p].items()]
+        return output(m, reused, picture=dg.MetadataValue.md(
+            f"![mix](data:image/png;base64,{base64.b64encode(png).decode()})"),
+                      tokens=dg.TableMetadataValue(records=rows, schema=dg.TableSchema(columns=[
+                          dg.TableColumn("phase"), dg.TableColumn("source"), dg.TableColumn("tokens", "int")])))
+
+    return _report

@@ -3,6 +3,7 @@ The folder carries tokenizer.model and kura_tokenizer.json (config, stats, linea
 
 import dagster as dg
 
+import kura.tokenize.hf_export as hf_export
 import kura.tokenize.spm as spm
 from assets._common import output, read_parquet, run_versioned, source_version
 from assets.automation import EAGER
@@ -24,11 +25,11 @@ def synthetic_rows(storage, synthetic: dict) -> list[dict]:
     """Records of every materialized synthetic day, in date order."""
     rows: list[dict] = []
     for _, m in sorted(synthetic.items()):
-        rows += read_parquet(storage, m, "records.parquet", ["doc_id", "text", "lang"]).to_pylist()
+        rows += read_parquet(storage, m, "records.parquet", ["doc_id", "text", "lang", "turns"]).to_pylist()
     return rows
 
 
-@dg.asset(group_name="model_data", code_version=source_version(spm),
+@dg.asset(group_name="model_data", code_version=source_version(spm, hf_export),
           ins={"synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())}, automation_condition=EAGER)
 def tokenizer(context: dg.AssetExecutionContext, config: TokenizerAssetConfig, deduplicated: dict, synthetic: dict,
               storage: StorageResource) -> dg.Output:
@@ -43,7 +44,16 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerAssetConfig, d
                 held.setdefault(r["lang"], []).append(r["text"])
         sample = spm.train_sentencepiece(train, stage, config)
         tok = spm.SpmTokenizer(stage / "tokenizer.model")
-        stats = {"vocab_size": tok.vocab_size, **sample, "heldout": spm.tokenizer_stats(tok, held)}
+        # HF-compatible export beside the SentencePiece model: checkpoints load with AutoTokenizer
+        hf_dir = hf_export.export_hf(stage / "tokenizer.model", stage / "hf", config.model_type,
+                                     config.model_max_length)
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(hf_dir)
+        sample_texts = [t for ts in held.values() for t in ts][:300]
+        agree = sum(hf.encode(t, add_special_tokens=False) == tok.encode(t) for t in sample_texts)
+        stats = {"vocab_size": tok.vocab_size, **sample, "heldout": spm.tokenizer_stats(tok, held),
+                 "hf_export_id_agreement": round(agree / max(1, len(sample_texts)), 4)}
         lineage = {"deduplicated": deduplicated["version"],
                    "synthetic": {k: v["version"] for k, v in sorted(synthetic.items())}}
         spm.write_tokenizer_card(stage, config, stats, lineage)
@@ -52,4 +62,5 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerAssetConfig, d
     m, reused = run_versioned(context, st, config=config, upstream={"deduplicated": deduplicated,
                                                                     "synthetic": synthetic}, build=build)
     return output(m, reused, vocab_size=m["stats"]["vocab_size"], heldout=m["stats"]["heldout"],
-                  sample_chars=m["stats"]["sample_chars"])
+                  sample_chars=m["stats"]["sample_chars"],
+                  hf_export_id_agreement=m["stats"]["hf_export_id_agreement"])

@@ -56,7 +56,7 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
     `ops_config` maps asset names to their run config (tests use it for tiny budgets)."""
     from assets.corpus import corpus_partitions
     from assets.synthetic import daily_partitions
-    from pipelines.definitions import CURATE, INGEST, MODEL, SYNTH
+    from pipelines.definitions import INGEST
 
     corpus = defs.resources["corpus"]
     files = corpus.list_files()
@@ -81,10 +81,10 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
         log(f"  ingest {f:28s} kept {c.get('kept', '-'):>5} dropped {c.get('dropped', '-'):>4} "
             f"rejected-at-read {out['raw_corpus'].get(f, {}).get('rejected', '-'):>3} "
             f"{'CHECK FAILED ' + ','.join(failed) if failed else 'checks ok'} ({time.perf_counter() - t:.1f}s)")
-    for job, pk, names in (("curate_job", None, CURATE),
-                           ("synthetic_job", day or daily_partitions.get_last_partition_key(), SYNTH),
-                           ("model_job", None, MODEL)):
+    for job, pk in (("curate_job", None), ("synthetic_job", day or daily_partitions.get_last_partition_key()),
+                    ("model_job", None)):
         t = time.perf_counter()
+        names = list(defs.resolve_job_def(job).graph.node_dict)  # op names: "tokenizer", "data_mix__web", ...
         r = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=pk,
                                                          run_config=job_run_config(names, ops_config),
                                                      raise_on_error=False)
@@ -92,7 +92,12 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
             errs = [e.message for e in r.all_events if e.is_failure]
             raise SystemExit(f"{job} failed: {errs[-3:]}")
         for name in names:
-            out[name] = {pk: r.output_for_node(name)} if pk else r.output_for_node(name)
+            value = {pk: r.output_for_node(name)} if pk else r.output_for_node(name)
+            if "__" in name:  # a phase asset: out["data_mix"]["web"]
+                prefix, phase = name.split("__", 1)
+                out.setdefault(prefix, {})[phase] = value
+            else:
+                out[name] = value
         log(f"  {job:12s} {'[' + pk + ']' if pk else '':14s} ok ({time.perf_counter() - t:.1f}s)")
     return out
 
@@ -131,13 +136,18 @@ def demo(args) -> int:
           f"({out['deduplicated']['duplicates']} duplicates)")
     print(f"  synthetic Q&A ({syn['backend']}) : {syn['kept']}/{syn['prompts']} valid, "
           f"{syn['tokens_per_second']} tok/s")
-    print(f"  packed training tokens        : {out['packed_dataset']['train_tokens']}")
+    for phase, p in out["packed_dataset"].items():
+        srcs = ", ".join(f"{k} {v['real_tokens']}" for k, v in p["train"].items())
+        print(f"  packed [{phase}]{' ' * max(0, 19 - len(phase))}: {p['train_tokens']} tokens at length "
+              f"{p['sequence_length']} ({srcs}); utilization {p['utilization']:.2%}")
     print(f"  base model                    : {bm['stats']['parameters']} params, loss "
-          f"{bm['stats']['first_loss']} -> {bm['stats']['final_loss']}")
-    for lang, v in ev["perplexity"].items():
-        print(f"  held-out perplexity [{lang}]     : {v['perplexity']} (uniform baseline {v['uniform_baseline']})")
+          f"{bm['stats']['first_loss']} -> {bm['stats']['final_loss']}, steps {bm['stats']['steps_per_phase']}")
+    for phase, langs in ev["perplexity"].items():
+        for lang, v in langs.items():
+            print(f"  held-out perplexity [{phase}/{lang}]: {v['perplexity']} (uniform {v['uniform_baseline']})")
     print(f"\n  checkpoint : {bm['uri']}")
     print(f"  eval       : {ev['uri']}/perplexity.json")
+    print(f"  mix report : {out['mix_report']['uri']}/mix_report.png")
     print(f"  storage    : {defs.resources['storage'].root}")
     print(f"\nWhole DAG in {secs:.0f} s. Open the lineage in the Dagster UI:  make ui   → http://127.0.0.1:3000")
     if args.json:

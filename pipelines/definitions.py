@@ -1,7 +1,8 @@
 """The code location: `dagster dev -m pipelines.definitions`.
 
 Graph: raw_corpus[file] → cleaned[file] (+GX check) → deduplicated → teacher_model → synthetic[day] →
-tokenizer → data_mix (YAML) → packed_dataset (+read-back check) → base_model → eval_perplexity.
+tokenizer → data_mix/<phase> (YAML) → packed_dataset/<phase> (+read-back check) → base_model (through the phases)
+→ eval_perplexity; mix_report beside them.
 The resource set is chosen by KURA_ENV (`local` today; `cluster` swaps storage, generator and trainer for S3,
 vLLM endpoints and Kubernetes jobs).
 """
@@ -10,19 +11,20 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.corpus import cleaned, corpus_partitions, deduplicated, raw_corpus
-from assets.evaluation import eval_perplexity
-from assets.mix import build_data_mix
-from assets.pack import packed_dataset
+from assets.evaluation import build_eval_perplexity
+from assets.mix import build_mix_assets
 from assets.synthetic import daily_partitions, synthetic, teacher_model
 from assets.tokenizer import tokenizer
-from assets.train import base_model
+from assets.train import build_base_model
+from kura.mix.spec import load_mix
 from pipelines.settings import Settings
 from resources import CorpusResource, GeneratorResource, ManifestIOManager, StorageResource
 
 INGEST = ["raw_corpus", "cleaned"]
 CURATE = ["deduplicated", "teacher_model"]
 SYNTH = ["synthetic"]
-MODEL = ["tokenizer", "data_mix", "packed_dataset", "base_model", "eval_perplexity"]
+MODEL = dg.AssetSelection.assets("tokenizer", "base_model", "eval_perplexity", "mix_report") | \
+    dg.AssetSelection.key_prefixes(["data_mix"], ["packed_dataset"])
 
 
 def build_resources(s: Settings) -> dict:
@@ -66,9 +68,10 @@ def corpus_files_sensor(context: dg.SensorEvaluationContext, corpus: CorpusResou
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     s = settings or Settings.from_env()
+    phases = [p.name for p in load_mix(s.mix_file).phases]
     return dg.Definitions(
-        assets=[raw_corpus, cleaned, deduplicated, teacher_model, synthetic, tokenizer, build_data_mix(s.mix_file),
-                packed_dataset, base_model, eval_perplexity],
+        assets=[raw_corpus, cleaned, deduplicated, teacher_model, synthetic, tokenizer,
+                *build_mix_assets(s.mix_file), build_base_model(phases), build_eval_perplexity(phases)],
         jobs=[ingest_job, curate_job, synthetic_job, model_job],
         schedules=[synthetic_nightly],
         sensors=[corpus_files_sensor,

@@ -1,24 +1,27 @@
-"""Resolve a mix spec against concrete source documents: which documents, how many tokens, how many epochs.
+"""Resolve one phase of a mix against concrete documents: which documents, how many tokens, how many epochs.
 
-Input: for each source, its documents (doc_id, text, lang) and the data version of the shard they came from.
-Output: a selection table (source, doc_id, split, epoch, n_tokens) and a summary that pins every upstream
-version. Heldout documents are chosen by a hash of the doc id (stable when other documents change). A source
-that cannot meet its share within `max_epochs` is an error, not a silent shortfall.
+Input: for each source asset, its documents (doc_id, text, lang, optionally turns) and the data versions of the
+shards they came from; for phases with replay, the training selection of the earlier phases. Output: a selection
+table (source, doc_id, split, epoch, n_tokens) and a summary that pins every upstream version. Heldout documents
+are chosen by a hash of the doc id (stable when other documents change). A source that cannot meet its budget
+within `max_epochs` is an error, not a silent shortfall.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from dataclasses import dataclass
 
-from kura.mix.spec import MixError, MixSpec
+from kura.mix.spec import MixError, MixPhase, MixSpec
+from kura.pack.chat import conversation_text
 
 
 @dataclass
 class SourceDocs:
     name: str
     versions: dict[str, str]          # shard/partition -> data version
-    docs: list[dict]                  # doc_id, text, lang
+    docs: list[dict]                  # doc_id, text, lang[, turns]
 
 
 def is_heldout(doc_id: str, fraction: float) -> bool:
@@ -26,51 +29,87 @@ def is_heldout(doc_id: str, fraction: float) -> bool:
     return h / 2**64 < fraction
 
 
-def resolve_mix(spec: MixSpec, sources: dict[str, SourceDocs], count_tokens) -> tuple[list[dict], dict]:
-    """`count_tokens(list[str]) -> list[int]`. Returns (selection rows, summary)."""
-    rows: list[dict] = []
-    summary: dict = {"mix": spec.name, "sequence_length": spec.sequence_length, "total_tokens": spec.total_tokens,
-                     "sources": {}}
-    for s in spec.sources:
+def phase_documents(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs]) -> dict[str, list[dict]]:
+    """{source label: documents as this phase sees them} — language-filtered, chat-rendered where asked."""
+    out = {}
+    for s in phase.sources:
         if s.source not in sources:
-            raise MixError(f"mix {spec.name}: source {s.source!r} has no materialized data")
-        src = sources[s.source]
-        docs = [d for d in src.docs if s.lang is None or d.get("lang") == s.lang]
-        label = s.source + (f"[{s.lang}]" if s.lang else "")
+            raise MixError(f"mix {spec.name}: phase {phase.name!r}: source {s.source!r} has no materialized data")
+        docs = [d for d in sources[s.source].docs if s.lang is None or d.get("lang") == s.lang]
+        if s.chat_template:
+            t = spec.chat_templates[s.chat_template]
+            missing = [d["doc_id"] for d in docs if not d.get("turns")]
+            if missing:
+                raise MixError(f"mix {spec.name}: phase {phase.name!r}: source {s.label!r} uses chat_template "
+                               f"{s.chat_template!r} but {len(missing)} documents have no conversation "
+                               f"(e.g. {missing[0]})")
+            docs = [{**d, "text": conversation_text(json.loads(d["turns"]), t)} for d in docs]
+        out[s.label] = docs
+    return out
+
+
+def _take(order, items, target, label):
+    rows, taken, epoch = [], 0, 0
+    while taken < target:
+        for i in order:
+            if taken >= target:
+                break
+            d, n = items[i]
+            rows.append((d, n, epoch))
+            taken += n
+        epoch += 1
+    return rows, taken
+
+
+def resolve_phase(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs], count_tokens,
+                  replay_pool: list[dict] | None = None) -> tuple[list[dict], dict, dict[str, list[dict]]]:
+    """`count_tokens(list[str]) -> list[int]`. Returns (selection rows, summary, phase documents by label)."""
+    rows: list[dict] = []
+    budgets = phase.source_tokens()
+    docs_by_label = phase_documents(spec, phase, sources)
+    summary: dict = {"phase": phase.name, "sequence_length": phase.sequence_length, "sources": {}}
+    for s in phase.sources:
+        docs = docs_by_label[s.label]
         counts = count_tokens([d["text"] for d in docs]) if docs else []
         train, held = [], []
         for d, n in zip(docs, counts):
-            (held if is_heldout(d["doc_id"], spec.heldout_fraction) else train).append((d, n))
+            (held if is_heldout(d["doc_id"], phase.heldout_fraction) else train).append((d, n))
         for d, n in held:
-            rows.append({"source": label, "doc_id": d["doc_id"], "lang": d.get("lang") or "", "split": "heldout",
+            rows.append({"source": s.label, "doc_id": d["doc_id"], "lang": d.get("lang") or "", "split": "heldout",
                          "epoch": 0, "n_tokens": n})
-        target = round(s.weight * spec.total_tokens)
+        target = budgets[s.label]
         available = sum(n for _, n in train)
+        where = f"mix {spec.name}: phase {phase.name!r}: source {s.label!r}"
         if target > 0 and available == 0:
-            raise MixError(f"mix {spec.name}: source {label!r} has weight {s.weight:g} but no training documents")
-        epochs_needed = target / available if available else 0.0
-        if epochs_needed > s.max_epochs + 1e-9:
-            raise MixError(f"mix {spec.name}: source {label!r} needs {epochs_needed:.2f} epochs for {target} tokens "
-                           f"but has {available} tokens and max_epochs={s.max_epochs:g}; lower its weight or the "
-                           f"budget, or allow more epochs")
+            raise MixError(f"{where} has a budget of {target} tokens but no training documents")
+        if available and target / available > s.max_epochs + 1e-9:
+            raise MixError(f"{where} needs {target / available:.2f} epochs for {target} tokens but has {available} "
+                           f"tokens and max_epochs={s.max_epochs:g}; lower its budget or allow more epochs")
         order = list(range(len(train)))
-        random.Random(f"{spec.seed}:{label}").shuffle(order)
-        taken, epoch = 0, 0
-        while taken < target:
-            for i in order:
-                if taken >= target:
-                    break
-                d, n = train[i]
-                rows.append({"source": label, "doc_id": d["doc_id"], "lang": d.get("lang") or "", "split": "train",
-                             "epoch": epoch, "n_tokens": n})
-                taken += n
-            epoch += 1
-        summary["sources"][label] = {
-            "asset": s.source, "weight": s.weight, "lang": s.lang, "upstream_versions": src.versions,
-            "documents_available": len(docs), "train_tokens_available": available, "tokens_selected": taken,
-            "epochs": round(taken / available, 3) if available else 0.0, "epochs_started": max(epoch, 0),
+        random.Random(f"{phase.seed}:{s.label}").shuffle(order)
+        picked, taken = _take(order, train, target, s.label)
+        rows += [{"source": s.label, "doc_id": d["doc_id"], "lang": d.get("lang") or "", "split": "train",
+                  "epoch": e, "n_tokens": n} for d, n, e in picked]
+        summary["sources"][s.label] = {
+            "asset": s.source, "weight": s.weight, "budget_tokens": target, "lang": s.lang,
+            "chat_template": s.chat_template, "loss_mask": s.loss_mask,
+            "upstream_versions": sources[s.source].versions, "documents_available": len(docs),
+            "train_tokens_available": available, "tokens_selected": taken,
+            "epochs": round(taken / available, 3) if available else 0.0,
             "heldout_documents": len(held), "heldout_tokens": sum(n for _, n in held)}
+    replay_target = phase.replay_tokens()
+    if replay_target:
+        pool = [r for r in (replay_pool or []) if r["split"] == "train"]
+        available = sum(r["n_tokens"] for r in pool)
+        if available < replay_target:
+            raise MixError(f"mix {spec.name}: phase {phase.name!r}: replay needs {replay_target} tokens but the "
+                           f"earlier phases selected only {available}")
+        order = list(range(len(pool)))
+        random.Random(f"{phase.seed}:replay").shuffle(order)
+        picked, taken = _take(order, [(r, r["n_tokens"]) for r in pool], replay_target, "replay")
+        rows += [{"source": "replay", "doc_id": r["doc_id"], "lang": r["lang"], "split": "train", "epoch": 0,
+                  "n_tokens": r["n_tokens"], "replay_of": r["source"]} for r, _, _ in picked]
+        summary["sources"]["replay"] = {"asset": "earlier phases", "budget_tokens": replay_target,
+                                        "tokens_selected": taken, "replay_fraction": phase.replay_fraction}
     summary["tokens_selected"] = sum(v["tokens_selected"] for v in summary["sources"].values())
-    return rows, summary
-
-
+    return rows, summary, docs_by_label

@@ -1,12 +1,18 @@
 """Mix specification (`pipelines/mixes/*.yaml`), typed and validated at load time.
 
-A mix names its sources (asset keys), a weight per source (weights must sum to 1), an optional language selector,
-how many times a source may be repeated (`max_epochs`), a token budget and a sequence length. Errors name the file
-and the field, e.g. "mix default.yaml: source 'synthtic' does not exist (known: deduplicated, synthetic)".
+A mix is a list of named **phases** (Tanuki trained its 8B model in 15). Each phase has a sequence length, its
+sources (asset keys with optional language selectors) with either **weights** (shares of `total_tokens`, summing
+to 1) or **absolute token budgets**, an upsampling limit per source (`max_epochs`), an optional chat template and
+loss mask for instruction sources, and a **replay fraction**: the share of the phase's tokens drawn from earlier
+phases' training data (KARAKURI mixed ~20% pretraining data into fine-tuning against forgetting).
+
+A file without `phases:` (top-level `sources:`) is one phase named after the mix. Errors name the file, the
+phase and the field, e.g. "mix default.yaml: phase 'web': source 'synthtic' does not exist (known: ...)".
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -16,40 +22,126 @@ class MixError(ValueError):
     """A mix that cannot be used, with a message saying what and where."""
 
 
+class ChatTemplate(BaseModel):
+    """How a conversation (list of {role, content} turns) becomes text. Tanuki used plain `user:`/`assistant:`."""
+
+    user_prefix: str = Field("user: ", description="Text before each user turn.")
+    assistant_prefix: str = Field("assistant: ", description="Text before each assistant turn.")
+    system_prefix: str = Field("system: ", description="Text before a system turn.")
+    turn_separator: str = Field("\n", description="Text after every turn.")
+
+
 class MixSource(BaseModel):
-    """One source of a mix."""
+    """One source of a phase."""
 
-    source: str = Field(description="Asset key of the source (e.g. deduplicated, synthetic).")
-    weight: float = Field(ge=0, description="Share of the mix's training tokens taken from this source.")
+    source: str = Field(description="Asset key of the source (deduplicated, synthetic).")
+    weight: float | None = Field(None, ge=0, description="Share of the phase's source tokens (with total_tokens).")
+    tokens: int | None = Field(None, gt=0, description="Absolute token budget (instead of a weight).")
     lang: str | None = Field(None, description="Only documents of this language (ja, en); all when omitted.")
-    max_epochs: float = Field(1.0, ge=1.0, description="How often the source may be repeated to meet its share.")
+    max_epochs: float = Field(1.0, ge=1.0, description="How often the source may be repeated to meet its budget.")
+    chat_template: str | None = Field(None, description="Render the source's conversations with this template "
+                                                        "(a key of the mix's chat_templates).")
+    loss_mask: Literal["all", "assistant_only"] = Field(
+        "all", description="assistant_only: prompt tokens carry no loss (needs a chat_template).")
 
-
-class MixSpec(BaseModel):
-    """A data mix for one training phase."""
-
-    name: str = Field(description="Mix name, shown in lineage.")
-    sequence_length: int = Field(gt=0, description="Training sequence length in tokens.")
-    total_tokens: int = Field(gt=0, description="Training tokens the mix provides (before heldout).")
-    heldout_fraction: float = Field(0.05, ge=0, lt=0.5, description="Share of documents held out for evaluation, "
-                                                                    "chosen by a hash of the document id.")
-    seed: int = Field(0, description="Seed of the document order within each source.")
-    sources: list[MixSource] = Field(min_length=1, description="The sources and their weights.")
+    @property
+    def label(self) -> str:
+        return self.source + (f"[{self.lang}]" if self.lang else "")
 
     @model_validator(mode="after")
-    def _weights(self) -> "MixSpec":
-        names = [s.source + (f"[{s.lang}]" if s.lang else "") for s in self.sources]
-        if len(set(names)) != len(names):
-            raise ValueError(f"a source appears twice: {names}")
-        total = sum(s.weight for s in self.sources)
-        if total == 0:
-            raise ValueError("all weights are zero")
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"weights sum to {total:g}, not 1 ({', '.join(f'{n}={s.weight:g}' for n, s in zip(names, self.sources))})")
+    def _one_budget(self) -> "MixSource":
+        if (self.weight is None) == (self.tokens is None):
+            raise ValueError(f"source {self.label!r}: give exactly one of weight or tokens")
+        if self.loss_mask == "assistant_only" and not self.chat_template:
+            raise ValueError(f"source {self.label!r}: loss_mask assistant_only needs a chat_template")
         return self
 
 
-def load_mix(path: str | Path, known_sources: set[str] | None = None) -> MixSpec:
+class MixPhase(BaseModel):
+    """One training phase of a mix."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$", description="Phase name (asset key suffix).")
+    sequence_length: int = Field(gt=0, description="Training sequence length in tokens.")
+    total_tokens: int | None = Field(None, gt=0, description="Tokens of the phase when sources have weights.")
+    heldout_fraction: float = Field(0.05, ge=0, lt=0.5, description="Share of documents held out for evaluation, "
+                                                                    "chosen by a hash of the document id.")
+    seed: int = Field(0, description="Seed of the document order within each source.")
+    replay_fraction: float = Field(0.0, ge=0, lt=1, description="Share of the phase's tokens replayed from the "
+                                                                "training data of earlier phases.")
+    sources: list[MixSource] = Field(min_length=1, description="The sources and their budgets.")
+
+    @model_validator(mode="after")
+    def _budgets(self) -> "MixPhase":
+        labels = [s.label for s in self.sources]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"a source appears twice: {labels}")
+        weighted = [s for s in self.sources if s.weight is not None]
+        if weighted and len(weighted) != len(self.sources):
+            raise ValueError("mix weights and absolute token budgets in one phase: use one kind")
+        if weighted:
+            if self.total_tokens is None:
+                raise ValueError("sources have weights but the phase has no total_tokens")
+            total = sum(s.weight for s in weighted)
+            if total == 0:
+                raise ValueError("all weights are zero")
+            if abs(total - 1.0) > 1e-6:
+                raise ValueError(f"weights sum to {total:g}, not 1 ("
+                                 + ", ".join(f"{s.label}={s.weight:g}" for s in weighted) + ")")
+        elif self.total_tokens is not None:
+            raise ValueError("total_tokens is set but sources have absolute token budgets")
+        return self
+
+    def source_tokens(self) -> dict[str, int]:
+        """Token budget of each source label (replay excluded)."""
+        if self.sources[0].weight is not None:
+            base = round(self.total_tokens * (1 - self.replay_fraction))
+            return {s.label: round(s.weight * base) for s in self.sources}
+        return {s.label: s.tokens for s in self.sources}
+
+    def replay_tokens(self) -> int:
+        if self.total_tokens is not None:
+            return round(self.total_tokens * self.replay_fraction)
+        src = sum(s.tokens for s in self.sources)
+        return round(src * self.replay_fraction / (1 - self.replay_fraction))
+
+
+class MixSpec(BaseModel):
+    """A data mix: phases trained in order."""
+
+    name: str = Field(description="Mix name, shown in lineage.")
+    chat_templates: dict[str, ChatTemplate] = Field(default_factory=lambda: {"plain": ChatTemplate()},
+                                                    description="Named chat templates phases may use.")
+    phases: list[MixPhase] = Field(min_length=1, description="Training phases, in order.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_phase_form(cls, raw):
+        if isinstance(raw, dict) and "phases" not in raw and "sources" in raw:
+            phase = {k: v for k, v in raw.items() if k not in ("name", "chat_templates")}
+            return {"name": raw.get("name"), "chat_templates": raw.get("chat_templates", {"plain": {}}),
+                    "phases": [{"name": raw.get("name"), **phase}]}
+        return raw
+
+    @model_validator(mode="after")
+    def _phases(self) -> "MixSpec":
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a phase name appears twice: {names}")
+        if self.phases[0].replay_fraction > 0:
+            raise ValueError(f"phase {names[0]!r} is the first phase: there is nothing to replay")
+        for p in self.phases:
+            for s in p.sources:
+                if s.chat_template and s.chat_template not in self.chat_templates:
+                    raise ValueError(f"phase {p.name!r}: chat_template {s.chat_template!r} is not defined "
+                                     f"(defined: {', '.join(self.chat_templates)})")
+        return self
+
+    def phase(self, name: str) -> MixPhase:
+        return next(p for p in self.phases if p.name == name)
+
+
+def load_mix(path: str | Path, known_sources: set[str] | None = None,
+             max_sequence_length: int | None = None) -> MixSpec:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -58,11 +150,28 @@ def load_mix(path: str | Path, known_sources: set[str] | None = None) -> MixSpec
     try:
         spec = MixSpec.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(_where(raw, err["loc"]) + err["msg"].removeprefix("Value error, ") for err in e.errors())
         raise MixError(f"mix {path.name}: {problems}") from None
-    if known_sources is not None:
-        for s in spec.sources:
-            if s.source not in known_sources:
-                raise MixError(f"mix {path.name}: source {s.source!r} does not exist "
+    for p in spec.phases:
+        for s in p.sources:
+            if known_sources is not None and s.source not in known_sources:
+                raise MixError(f"mix {path.name}: phase {p.name!r}: source {s.source!r} does not exist "
                                f"(known: {', '.join(sorted(known_sources))})")
+        if max_sequence_length is not None and p.sequence_length > max_sequence_length:
+            raise MixError(f"mix {path.name}: phase {p.name!r}: sequence_length {p.sequence_length} exceeds the "
+                           f"tokenizer's model_max_length {max_sequence_length}")
     return spec
+
+
+def _where(raw, loc) -> str:
+    """'phase 'web': sources.0.weight: ' from a pydantic error location."""
+    loc = list(loc)
+    prefix = ""
+    if len(loc) >= 2 and loc[0] == "phases" and isinstance(loc[1], int):
+        try:
+            prefix = f"phase {raw['phases'][loc[1]].get('name')!r}: "
+        except (KeyError, IndexError, TypeError, AttributeError):
+            prefix = f"phase #{loc[1]}: "
+        loc = loc[2:]
+    field = ".".join(str(x) for x in loc if not str(x).startswith("function-"))
+    return prefix + (f"{field}: " if field else "")

@@ -27,6 +27,8 @@ class TokenizerConfig(BaseModel):
     character_coverage: float = Field(0.9995, gt=0, le=1, description="Share of characters covered by pieces; "
                                                                      "the rest fall back to bytes.")
     seed: int = Field(0, description="Seed of the training sample.")
+    model_max_length: int = Field(8192, gt=0, description="Longest sequence the tokenizer is declared for (HF "
+                                                          "model_max_length); a mix phase may not exceed it.")
 
 
 def sample_texts(texts: list[str], max_chars: int, seed: int) -> list[str]:
@@ -68,7 +70,11 @@ class SpmTokenizer:
 
         self.sp = spm.SentencePieceProcessor(model_file=str(model_path))
         self.eos_id = self.sp.eos_id()
+        self.pad_id = self.sp.pad_id()
         self.vocab_size = self.sp.get_piece_size()
+        card = Path(model_path).with_name("kura_tokenizer.json")
+        self.model_max_length = (json.loads(card.read_text())["config"].get("model_max_length", 8192)
+                                 if card.exists() else 8192)
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
