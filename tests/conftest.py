@@ -35,9 +35,13 @@ TINY_OPS = {
     "base_model": {"train": {"train_steps": 20, "micro_batch_size": 8, "warmup_steps": 2}},
     "eval_perplexity": {"max_docs": 40},
 }
-TINY_MIX = {"name": "tiny", "sequence_length": 64, "total_tokens": 30000, "heldout_fraction": 0.1, "seed": 0,
-            "sources": [{"source": "deduplicated", "weight": 0.97},
-                        {"source": "synthetic", "weight": 0.03, "max_epochs": 8}]}
+TINY_MIX = {"name": "tiny", "phases": [
+    {"name": "web", "sequence_length": 64, "total_tokens": 30000, "heldout_fraction": 0.1,
+     "sources": [{"source": "deduplicated", "weight": 0.97}, {"source": "synthetic", "weight": 0.03, "max_epochs": 8}]},
+    {"name": "instruct", "sequence_length": 128, "replay_fraction": 0.2, "heldout_fraction": 0.1,
+     "sources": [{"source": "synthetic", "tokens": 3000, "max_epochs": 8, "chat_template": "plain",
+                  "loss_mask": "assistant_only"}]},
+]}
 
 
 @dataclass
@@ -50,8 +54,10 @@ class Graph:
     day: str
 
 
-def write_mix(path: Path, **changes) -> None:
-    path.write_text(yaml.safe_dump({**TINY_MIX, **changes}, sort_keys=False))
+def write_mix(path: Path, instruct_tokens: int = 3000) -> None:
+    mix = yaml.safe_load(yaml.safe_dump(TINY_MIX))
+    mix["phases"][1]["sources"][0]["tokens"] = instruct_tokens
+    path.write_text(yaml.safe_dump(mix, sort_keys=False))
 
 
 @pytest.fixture(scope="session")

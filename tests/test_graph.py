@@ -11,32 +11,27 @@ import pytest
 
 from tests.conftest import TINY_OPS, write_mix
 
-ALL = ["raw_corpus", "cleaned", "deduplicated", "teacher_model", "synthetic", "tokenizer", "data_mix",
-       "packed_dataset", "base_model", "eval_perplexity"]
-DOWNSTREAM_OF_MIX = {"data_mix", "packed_dataset", "base_model", "eval_perplexity"}
+PARTITIONED = ("raw_corpus", "cleaned", "synthetic")
+PHASED = ("data_mix", "packed_dataset")
+SINGLE = ("deduplicated", "teacher_model", "tokenizer", "base_model", "eval_perplexity", "mix_report")
+PHASES = ("web", "instruct")
 
 
-def latest(instance, name, partition=None):
-    ev = instance.get_latest_materialization_event(dg.AssetKey(name)) if partition is None else None
-    if partition is not None:
-        recs = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(name),
-                                                                     asset_partitions=[partition]), limit=1)
-        ev = recs.records[0].event_log_entry
-    return ev.asset_materialization
+def manifests(graph, name):
+    m = graph.out[name]
+    return list(m.values()) if name in PARTITIONED + PHASED else [m]
 
 
 def test_every_asset_materialized_with_content_version(graph):
-    for name in ALL:
-        m = graph.out[name]
-        manifests = list(m.values()) if name in ("raw_corpus", "cleaned", "synthetic") else [m]
-        assert manifests, name
-        for man in manifests:
+    for name in PARTITIONED + PHASED + SINGLE:
+        ms = manifests(graph, name)
+        assert ms, name
+        for man in ms:
             assert (Path(man["uri"]) / "_MANIFEST.json").exists(), name
             assert man["dir"].endswith(man["version"]), "output lives under key/version"
-    # the DataVersion Dagster recorded is the content hash of the output folder
-    mat = latest(graph.instance, "base_model")
+    assert set(graph.out["data_mix"]) == set(PHASES) == set(graph.out["packed_dataset"])
+    mat = graph.instance.get_latest_materialization_event(dg.AssetKey("base_model")).asset_materialization
     assert mat.tags["dagster/data_version"] == graph.out["base_model"]["version"]
-    assert dg.AssetKey("base_model") in graph.defs.resolve_asset_graph().get_all_asset_keys()
 
 
 def test_every_document_accounted_for(graph):
@@ -56,14 +51,10 @@ def test_every_document_accounted_for(graph):
 
 
 def test_quality_checks_passed(graph):
-    for pk in graph.out["cleaned"]:
-        rec = graph.instance.event_log_storage.get_latest_asset_check_execution_by_key(
-            [dg.AssetCheckKey(dg.AssetKey("cleaned"), "gx_documents_suite")])
-        assert rec
-    r = graph.instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        [dg.AssetCheckKey(dg.AssetKey("packed_dataset"), "megatron_readback")])
-    ev = list(r.values())[0]
-    assert ev.status.value == "SUCCEEDED"
+    keys = [dg.AssetCheckKey(dg.AssetKey("cleaned"), "gx_documents_suite")] + [
+        dg.AssetCheckKey(dg.AssetKey(["packed_dataset", p]), "megatron_readback") for p in PHASES]
+    recs = graph.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    assert {k: r.status.value for k, r in recs.items()} == {k: "SUCCEEDED" for k in keys}
 
 
 def test_synthetic_shard_generated_by_vllm(graph):
@@ -74,51 +65,82 @@ def test_synthetic_shard_generated_by_vllm(graph):
     assert sidecar["teacher"] == graph.out["teacher_model"]["version"] and sidecar["template_hash"]
 
 
+def test_mix_phases_pin_versions_budgets_and_replay(graph):
+    web, ins = graph.out["data_mix"]["web"], graph.out["data_mix"]["instruct"]
+    s = web["summary"]["sources"]
+    assert s["deduplicated"]["upstream_versions"] == {"all": graph.out["deduplicated"]["version"]}
+    assert s["synthetic"]["upstream_versions"] == {graph.day: graph.out["synthetic"][graph.day]["version"]}
+    assert abs(web["summary"]["tokens_selected"] - 30000) < 1000
+    si = ins["summary"]["sources"]
+    assert si["synthetic"]["loss_mask"] == "assistant_only" and si["synthetic"]["epochs"] > 1
+    replay, total = si["replay"]["tokens_selected"], ins["summary"]["tokens_selected"]
+    assert 0.15 < replay / total < 0.3, "about 20% of the instruct phase replays phase web"
+
+
 def test_packed_dataset_reads_back_with_megatron(graph):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    p = graph.out["packed_dataset"]
+    p = graph.out["packed_dataset"]["web"]
     blend = json.loads((Path(p["uri"]) / "blend.json").read_text())["train"]
-    prefixes = blend[1::2]
-    assert set(prefixes) == {"train_deduplicated", "train_synthetic"}
+    assert set(blend[1::2]) == {"train_deduplicated", "train_synthetic"}
     assert math.isclose(sum(map(float, blend[0::2])), 1.0, abs_tol=1e-4)
     ds = IndexedDataset(str(Path(p["uri"]) / "train_deduplicated"))
     assert len(ds) == p["train"]["deduplicated"]["sequences"] > 0
     assert all(len(ds[i]) == 65 for i in range(len(ds)))
     assert int(np.max(ds[0])) < p["vocab_size"]
+    assert p["train"]["deduplicated"]["fitting_documents_split"] == 0
+    ins = graph.out["packed_dataset"]["instruct"]
+    t = ins["train"]["synthetic"]
+    assert 0 < t["loss_tokens"] < t["real_tokens"], "prompt tokens carry no loss"
+    mask = IndexedDataset(str(Path(ins["uri"]) / "train_synthetic_mask"))
+    assert set(np.unique(mask[0])) <= {0, 1} and len(mask) == t["sequences"]
 
 
 def test_checkpoint_describes_itself_and_eval_is_sane(graph):
     ck = Path(graph.out["base_model"]["uri"])
-    for f in ("model.safetensors", "config.json", "tokenizer.model", "lineage.json", "loss_curve.json"):
+    for f in ("model.safetensors", "config.json", "tokenizer.model", "tokenizer_hf/tokenizer.json",
+              "lineage.json", "loss_curve.json"):
         assert (ck / f).exists(), f
     lineage = json.loads((ck / "lineage.json").read_text())
-    assert lineage["packed_dataset"] == graph.out["packed_dataset"]["version"]
-    assert lineage["data_mix"] == graph.out["data_mix"]["version"]
+    assert lineage["packed_dataset"] == {p: graph.out["packed_dataset"][p]["version"] for p in PHASES}
+    assert [r["phase"] for r in json.loads((ck / "loss_curve.json").read_text())][-1] == "instruct"
     ppl = graph.out["eval_perplexity"]["perplexity"]
-    assert set(ppl) == {"ja", "en"}
-    for v in ppl.values():
-        assert 1.0 < v["perplexity"] < v["uniform_baseline"]
+    assert set(ppl) == set(PHASES) and set(ppl["web"]) == {"ja", "en"}
+    for langs in ppl.values():
+        for v in langs.values():
+            assert 1.0 < v["perplexity"] < v["uniform_baseline"]
+
+
+def test_hf_tokenizer_export_loads_and_agrees(graph):
+    from transformers import AutoTokenizer
+
+    from kura.tokenize.spm import SpmTokenizer
+
+    tok_dir = Path(graph.out["tokenizer"]["uri"])
+    hf = AutoTokenizer.from_pretrained(tok_dir / "hf")
+    sp = SpmTokenizer(tok_dir / "tokenizer.model")
+    for text in ["今日は東京で歴史を学びました。", "Digits 2026 and  two spaces\n", "未知の字 𠮷 🍣"]:
+        assert hf.encode(text, add_special_tokens=False) == sp.encode(text)
+        assert hf.decode(hf.encode(text, add_special_tokens=False)) == text
+    assert graph.out["tokenizer"]["stats"]["hf_export_id_agreement"] == 1.0
 
 
 def test_rerun_is_a_noop_with_identical_versions(graph):
     from pipelines.cli import run_pipeline
 
     again = run_pipeline(graph.instance, graph.defs, day=graph.day, ops_config=TINY_OPS, log=lambda *_: None)
-    for name in ALL:
-        a, b = graph.out[name], again[name]
-        if name in ("raw_corpus", "cleaned", "synthetic"):
-            assert {k: v["dir"] for k, v in a.items()} == {k: v["dir"] for k, v in b.items()}
-        else:
-            assert a["dir"] == b["dir"] and a["version"] == b["version"], name
-    mat = latest(graph.instance, "base_model")
+    for name in PARTITIONED + PHASED + SINGLE:
+        assert [m["dir"] for m in manifests(graph, name)] == [
+            m["dir"] for m in (list(again[name].values()) if name in PARTITIONED + PHASED else [again[name]])], name
+    mat = graph.instance.get_latest_materialization_event(dg.AssetKey("base_model")).asset_materialization
     assert mat.metadata["reused_existing_output"].value is True
 
 
 @pytest.mark.slow
-def test_mix_edit_rebuilds_exactly_the_mix_and_downstream(graph):
-    """Edit the mix YAML → only data_mix is stale → one automation tick requests data_mix and everything below
-    it → materializing that request executes exactly those four steps."""
+def test_phase_edit_rebuilds_exactly_that_phase_and_downstream(graph):
+    """Edit one phase's budget in the mix YAML → only that phase's data_mix is stale → one automation tick
+    requests that phase's mix and packed dataset and what depends on them → executing that request runs exactly
+    those steps; the other phase is untouched."""
     from dagster._core.definitions.data_version import StaleStatus
     from dagster._utils.test.data_versions import get_stale_status_resolver
 
@@ -128,26 +150,26 @@ def test_mix_edit_rebuilds_exactly_the_mix_and_downstream(graph):
     before = dg.evaluate_automation_conditions(defs=graph.defs, instance=graph.instance)
     assert before.total_requested == 0, "after a full materialization nothing is due"
 
-    write_mix(graph.mix_file, total_tokens=24000)
+    write_mix(graph.mix_file, instruct_tokens=2500)
     defs = build_definitions()
-    assets = list(defs.resolve_asset_graph().assets_defs)
-    resolver = get_stale_status_resolver(graph.instance, assets)
-    keys = [dg.AssetKey(n) for n in ALL if n not in ("raw_corpus", "cleaned", "synthetic")]
-    stale = {k.path[-1] for k in keys if resolver.get_status(k) == StaleStatus.STALE}
-    assert stale == {"data_mix"}
+    graph_ = defs.resolve_asset_graph()
+    keys = [k for k in graph_.get_all_asset_keys() if not graph_.get(k).is_partitioned]
+    resolver = get_stale_status_resolver(graph.instance, list(graph_.assets_defs))
+    stale = {k.to_user_string() for k in keys if resolver.get_status(k) == StaleStatus.STALE}
+    assert stale == {"data_mix/instruct"}
 
     result = dg.evaluate_automation_conditions(defs=defs, instance=graph.instance, cursor=before.cursor)
-    requested = {k.path[-1] for k in defs.resolve_asset_graph().get_all_asset_keys()
-                 if result.get_num_requested(k) > 0}
-    assert requested == DOWNSTREAM_OF_MIX
+    requested = {k.to_user_string() for k in graph_.get_all_asset_keys() if result.get_num_requested(k) > 0}
+    expected = {"data_mix/instruct", "packed_dataset/instruct", "base_model", "eval_perplexity", "mix_report"}
+    assert requested == expected
 
     run = defs.resolve_job_def("model_job").execute_in_process(
-        instance=graph.instance, asset_selection=[dg.AssetKey(k) for k in sorted(requested)],
+        instance=graph.instance, asset_selection=[dg.AssetKey.from_user_string(k) for k in sorted(requested)],
         run_config={"ops": {k: {"config": v} for k, v in TINY_OPS.items() if k in requested}})
     assert run.success
     executed = {e.step_key for e in run.get_step_success_events()}
-    assert executed == DOWNSTREAM_OF_MIX
-    new_mix = run.output_for_node("data_mix")
-    assert new_mix["version"] != graph.out["data_mix"]["version"]
-    assert new_mix["summary"]["total_tokens"] == 24000
+    assert executed == {k.replace("/", "__") for k in expected}
+    new_mix = run.output_for_node("data_mix__instruct")
+    assert new_mix["version"] != graph.out["data_mix"]["instruct"]["version"]
+    assert new_mix["summary"]["sources"]["synthetic"]["budget_tokens"] == 2500
     write_mix(graph.mix_file)  # leave the session's mix as it was
