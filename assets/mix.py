@@ -6,7 +6,6 @@ Each phase's code version hashes only that phase's part of the YAML, so editing 
 phase's `data_mix` stale; its automation condition then rebuilds that phase and what depends on it, nothing else.
 """
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import dagster as dg
@@ -17,10 +16,12 @@ import kura.mix.spec as spec_mod
 import kura.pack.bestfit as bestfit
 import kura.pack.chat as chat
 import kura.pack.megatron as packing
+import kura.pack.phase as pack_phase_mod
 import kura.tokenize.parallel as parallel
 from assets._common import output, read_parquet, run_versioned, source_version, write_json, write_parquet
 from assets.automation import EAGER, ON_EDIT_OR_EAGER
 from assets.tokenizer import corpus_rows, synthetic_rows
+from kura.pack.phase import pack_phase
 from kura.tokenize.spm import SpmTokenizer
 from resources import StorageResource
 
@@ -95,13 +96,7 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
                              for d in read_parquet(st, prev_m, "documents.parquet").to_pylist()}
             rows, summary, docs_by_label = resolve.resolve_phase(
                 mix, phase, sources, lambda texts: [len(x) for x in tok.encode_batch(texts)], pool)
-            used = {(r["source"], r["doc_id"]) for r in rows}
-            meta = {s.label: (s.chat_template, s.loss_mask) for s in phase.sources}
-            docs = [{"source": label, "doc_id": d["doc_id"], "lang": d.get("lang") or "", "text": d["text"],
-                     "turns": d.get("turns"), "chat_template": meta[label][0], "loss_mask": meta[label][1]}
-                    for label, ds in docs_by_label.items() for d in ds if (label, d["doc_id"]) in used]
-            for key in sorted({(r["replay_of"], r["doc_id"]) for r in rows if r["source"] == "replay"}):
-                docs.append({**prev_docs[key], "source": "replay"})
+            docs = resolve.selected_documents(phase, rows, docs_by_label, prev_docs)
             write_parquet(stage / "selection.parquet", [{"replay_of": None, **r} for r in rows], SELECTION_SCHEMA)
             write_parquet(stage / "documents.parquet", docs, MIX_DOCS_SCHEMA)
             summary["tokenizer"] = tok_m["version"]
@@ -122,7 +117,7 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
 def _packed_asset(mix, phase) -> dg.AssetsDefinition:
     @dg.asset(key=packed_key(phase.name), group_name="model_data", automation_condition=EAGER,
               ins={"data_mix": dg.AssetIn(key=mix_key(phase.name)), "tokenizer": dg.AssetIn("tokenizer")},
-              code_version=source_version(packing, bestfit, chat, parallel),
+              code_version=source_version(pack_phase_mod, packing, bestfit, chat, parallel),
               check_specs=[dg.AssetCheckSpec("megatron_readback", asset=packed_key(phase.name), blocking=True,
                                              description="Every .bin/.idx opens with megatron-core's IndexedDataset, "
                                                          "holds the recorded sequence count, and ids < vocab size.")])
@@ -131,39 +126,11 @@ def _packed_asset(mix, phase) -> dg.AssetsDefinition:
         seq_len = data_mix["phase"]["sequence_length"]
 
         def build(stage):
-            tok_path = st.local_dir(tokenizer["dir"]) / "tokenizer.model"
-            tok = SpmTokenizer(tok_path)
-            sel = read_parquet(st, data_mix, "selection.parquet").to_pylist()
-            docs = read_parquet(st, data_mix, "documents.parquet").to_pylist()
-            templates = {k: spec_mod.ChatTemplate(**v) for k, v in data_mix["chat_templates"].items()}
-            plain = [d for d in docs if not (d["chat_template"] and d["loss_mask"] == "assistant_only")]
-            encoded = {}
-            for d, ids in zip(plain, parallel.encode_parallel(str(tok_path), [d["text"] for d in plain])):
-                encoded[(d["source"], d["doc_id"])] = (ids, [1] * len(ids))
-            for d in docs:
-                if (d["source"], d["doc_id"]) not in encoded:
-                    encoded[(d["source"], d["doc_id"])] = chat.render_conversation(
-                        d["turns"], templates[d["chat_template"]], tok.encode, assistant_only=True)
-            train_docs: dict[str, list] = defaultdict(list)
-            heldout: dict[str, list] = defaultdict(list)
-            for r in sel:
-                ids_mask = encoded[(r["source"], r["doc_id"])]
-                if r["split"] == "train":
-                    train_docs[r["source"]].append(ids_mask)
-                else:
-                    heldout[r["lang"] or "all"].append(ids_mask[0])
-            train = {label: packing.write_packed_source(stage, label, lists, seq_len, tok.eos_id, tok.pad_id,
-                                                        tok.vocab_size)
-                     for label, lists in sorted(train_docs.items())}
-            held = {lang: packing.write_indexed(stage / f"heldout_{packing.safe_name(lang)}", lists,
-                                                tok.vocab_size) for lang, lists in sorted(heldout.items())}
-            blend = packing.write_blend(stage, train)
-            real = sum(v["real_tokens"] for v in train.values())
-            total = sum(v["tokens"] for v in train.values())
-            info = {"phase": data_mix["phase"]["name"], "sequence_length": seq_len, "vocab_size": tok.vocab_size,
-                    "train": train, "heldout": held, "blend": blend, "mix": data_mix["version"],
-                    "tokenizer": tokenizer["version"], "train_tokens": real,
-                    "utilization": round(real / total, 5) if total else 1.0}
+            info = pack_phase(stage, read_parquet(st, data_mix, "selection.parquet").to_pylist(),
+                              read_parquet(st, data_mix, "documents.parquet").to_pylist(),
+                              {k: spec_mod.ChatTemplate(**v) for k, v in data_mix["chat_templates"].items()},
+                              st.local_dir(tokenizer["dir"]) / "tokenizer.model", seq_len)
+            info.update(phase=data_mix["phase"]["name"], mix=data_mix["version"], tokenizer=tokenizer["version"])
             write_json(stage / "packed.json", info)
             return info
 

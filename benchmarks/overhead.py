@@ -9,12 +9,12 @@ engine, and write the same parquet/Megatron/checkpoint outputs. Prints a table: 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,9 +30,9 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     from kura.corpus.readers import Document, read_corpus_file
     from kura.dedup.exact import dedup_shards
     from kura.eval.perplexity import evaluate_heldout
-    from kura.mix.resolve import SourceDocs, resolve_mix
+    from kura.mix.resolve import SourceDocs, resolve_phase, selected_documents
     from kura.mix.spec import load_mix
-    from kura.pack.megatron import safe_name, write_blend, write_indexed, write_packed_source
+    from kura.pack.phase import pack_phase
     from kura.quality.expectations import validate_documents
     from kura.synth.generators import SamplingConfig, VllmGenerator
     from kura.synth.recipes import QADialogueRecipe
@@ -72,25 +72,24 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     train_sentencepiece([r["text"] for r in rows if not is_heldout(r["doc_id"], 0.02)], out / "tok", TokenizerConfig())
     tok = SpmTokenizer(out / "tok" / "tokenizer.model")
     mix = load_mix(Path(__file__).resolve().parents[1] / "pipelines" / "mixes" / "default.yaml")
-    sel, _ = resolve_mix(mix, {"deduplicated": SourceDocs("deduplicated", {}, ded), "synthetic": SourceDocs(
-        "synthetic", {}, syn)}, lambda ts: [len(x) for x in tok.encode_batch(ts)])
-    texts = {("deduplicated", d["doc_id"]): d["text"] for d in ded} | {("synthetic", d["doc_id"]): d["text"] for d in syn}
-    keys = sorted({(r["source"], r["doc_id"]) for r in sel})
-    ids = dict(zip(keys, tok.encode_batch([texts[k] for k in keys])))
-    pk = out / "packed"
-    pk.mkdir()
-    train_lists, held = defaultdict(list), defaultdict(list)
-    for r in sel:
-        (train_lists[r["source"]] if r["split"] == "train" else held[r["lang"]]).append(ids[(r["source"], r["doc_id"])])
-    train = {k: write_packed_source(pk, k, v, mix.sequence_length, tok.eos_id, tok.vocab_size)
-             for k, v in sorted(train_lists.items())}
-    for lang, v in held.items():
-        write_indexed(pk / f"heldout_{safe_name(lang)}", v, tok.vocab_size)
-    write_blend(pk, train)
-    mcfg = GPTConfig(**ModelArgs().model_dump(), vocab_size=tok.vocab_size, seq_length=mix.sequence_length)
-    train_local(pk, out / "tok", out / "ckpt", mcfg, TrainConfig(), {})
+    sources = {"deduplicated": SourceDocs("deduplicated", {}, ded), "synthetic": SourceDocs("synthetic", {}, syn)}
+    packed_dirs, prev_rows, prev_docs = [], [], {}
+    for phase in mix.phases:
+        sel, _, by_label = resolve_phase(mix, phase, sources, lambda ts: [len(x) for x in tok.encode_batch(ts)],
+                                         prev_rows if phase.replay_fraction else None)
+        docs = selected_documents(phase, sel, by_label, prev_docs)
+        pk = out / f"packed_{phase.name}"
+        pk.mkdir()
+        info = pack_phase(pk, sel, docs, mix.chat_templates, out / "tok" / "tokenizer.model", phase.sequence_length)
+        (pk / "packed.json").write_text(json.dumps({**info, "phase": phase.name}))
+        packed_dirs.append(pk)
+        prev_rows, prev_docs = sel, {(d["source"], d["doc_id"]): d for d in docs}
+    mcfg = GPTConfig(**ModelArgs().model_dump(), vocab_size=tok.vocab_size,
+                     seq_length=max(p.sequence_length for p in mix.phases))
+    train_local(packed_dirs, out / "tok", out / "ckpt", mcfg, TrainConfig(), {})
     model, cfg = load_checkpoint(out / "ckpt")
-    return evaluate_heldout(model, pk, mcfg.seq_length, mcfg.vocab_size, 500)
+    return {p.name: evaluate_heldout(model, d, mcfg.seq_length, mcfg.vocab_size, 500)
+            for p, d in zip(mix.phases, packed_dirs)}
 
 
 def run_dagster(home: Path, day: str) -> dict:
@@ -126,9 +125,9 @@ def main() -> None:
     rows.append(("Dagster (in-process runs)", time.perf_counter() - t, ppl_dagster))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nwhole demo, {args.docs} documents, 2-core CPU; peak RSS of this process {rss:.0f} MiB")
-    print(f"{'side':28s} {'seconds':>8s}  perplexity ja / en")
+    print(f"{'side':28s} {'seconds':>8s}  perplexity web/ja / web/en")
     for name, secs, p in rows:
-        print(f"{name:28s} {secs:8.1f}  {p['ja']['perplexity']} / {p['en']['perplexity']}")
+        print(f"{name:28s} {secs:8.1f}  {p['web']['ja']['perplexity']} / {p['web']['en']['perplexity']}")
     print(f"{'ratio dagster / direct':28s} {rows[1][1] / rows[0][1]:8.3f}  (target <= 1.15)")
 
 

@@ -1,6 +1,8 @@
-"""Level 1: tokenizer, mix validation and resolution, packing into Megatron indexed datasets, the local GPT."""
+"""Level 1: tokenizer (+HF export), mix validation and resolution, chat formatting, best-fit packing into
+Megatron indexed datasets (read back through megatron-core's dataset builder), the local GPT."""
 from __future__ import annotations
 
+import collections
 import json
 import math
 
@@ -9,13 +11,20 @@ import pytest
 import yaml
 
 from kura.corpus.default import DefaultCorpusConfig, generate_documents
-from kura.mix.resolve import SourceDocs, resolve_mix
-from kura.mix.spec import MixError, load_mix
-from kura.pack.megatron import pack_sequences, write_blend, write_indexed, write_packed_source
+from kura.mix.resolve import SourceDocs, resolve_phase
+from kura.mix.spec import ChatTemplate, MixError, load_mix
+from kura.pack.bestfit import best_fit_pack, concat_chunk_stats
+from kura.pack.chat import render_conversation
+from kura.pack.megatron import write_blend, write_indexed, write_packed_source
 from kura.tokenize.spm import SpmTokenizer, TokenizerConfig, tokenizer_stats, train_sentencepiece
 
-GOOD = {"name": "m", "sequence_length": 32, "total_tokens": 1000,
-        "sources": [{"source": "deduplicated", "weight": 0.75}, {"source": "synthetic", "weight": 0.25}]}
+GOOD = {"name": "m", "phases": [
+    {"name": "web", "sequence_length": 32, "total_tokens": 1000,
+     "sources": [{"source": "deduplicated", "weight": 0.75},
+                 {"source": "synthetic", "weight": 0.25, "max_epochs": 3}]},
+    {"name": "sft", "sequence_length": 64, "replay_fraction": 0.2,
+     "sources": [{"source": "synthetic", "tokens": 200, "chat_template": "plain", "loss_mask": "assistant_only",
+                  "max_epochs": 5}]}]}
 
 
 def mix_file(tmp_path, spec):
@@ -24,40 +33,108 @@ def mix_file(tmp_path, spec):
     return p
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"sources": [{"source": "dedupd", "weight": 1.0}]}, "source 'dedupd' does not exist"),
-    ({"sources": [{"source": "deduplicated", "weight": 0.5}, {"source": "synthetic", "weight": 0.2}]},
-     "weights sum to 0.7"),
-    ({"sources": [{"source": "deduplicated", "weight": 0.0}]}, "all weights are zero"),
-    ({"sources": [{"source": "deduplicated", "weight": -0.5}, {"source": "synthetic", "weight": 1.5}]},
-     "greater than or equal to 0"),
-    ({"sequence_length": 0}, "sequence_length"),
-    ({"sources": []}, "sources"),
+def phase0(**change):
+    spec = json.loads(json.dumps(GOOD))
+    spec["phases"][0].update(change)
+    return spec
+
+
+@pytest.mark.parametrize("spec, message", [
+    (phase0(sources=[{"source": "dedupd", "weight": 1.0}]), "phase 'web': source 'dedupd' does not exist"),
+    (phase0(sources=[{"source": "deduplicated", "weight": 0.5}, {"source": "synthetic", "weight": 0.2}]),
+     "phase 'web': weights sum to 0.7"),
+    (phase0(sources=[{"source": "deduplicated", "weight": 0.0}]), "all weights are zero"),
+    (phase0(sources=[{"source": "deduplicated", "weight": -0.5}, {"source": "synthetic", "weight": 1.5}]),
+     r"phase 'web': sources.0.weight: Input should be greater than or equal to 0"),
+    (phase0(sources=[{"source": "deduplicated", "weight": 1.0}, {"source": "synthetic", "tokens": 5}]),
+     "mix weights and absolute token budgets"),
+    (phase0(sequence_length=0), "phase 'web': sequence_length"),
+    (phase0(sources=[]), "phase 'web': sources"),
+    (phase0(replay_fraction=0.1), "nothing to replay"),
+    (phase0(sequence_length=100000), "sequence_length 100000 exceeds the tokenizer's model_max_length 8192"),
+    ({**GOOD, "phases": [GOOD["phases"][0], {**GOOD["phases"][1], "sources": [
+        {"source": "synthetic", "tokens": 5, "loss_mask": "assistant_only"}]}]}, "needs a chat_template"),
 ])
-def test_bad_mixes_are_refused_with_what_and_where(tmp_path, change, message):
+def test_bad_mixes_are_refused_with_what_and_where(tmp_path, spec, message):
     with pytest.raises(MixError, match=message) as e:
-        load_mix(mix_file(tmp_path, {**GOOD, **change}), known_sources={"deduplicated", "synthetic"})
+        load_mix(mix_file(tmp_path, spec), known_sources={"deduplicated", "synthetic"}, max_sequence_length=8192)
     assert "mix.yaml" in str(e.value)
 
 
-def test_resolve_pins_versions_counts_tokens_and_epochs(tmp_path):
-    spec = load_mix(mix_file(tmp_path, {**GOOD, "sources": [
-        {"source": "deduplicated", "weight": 0.75}, {"source": "synthetic", "weight": 0.25, "max_epochs": 3}]}))
+def test_single_phase_form_is_one_phase(tmp_path):
+    spec = load_mix(mix_file(tmp_path, {"name": "solo", "sequence_length": 16, "total_tokens": 10,
+                                        "sources": [{"source": "deduplicated", "weight": 1}]}))
+    assert [p.name for p in spec.phases] == ["solo"] and spec.phases[0].total_tokens == 10
+
+
+def sources():
     ded = SourceDocs("deduplicated", {"all": "v1"}, [{"doc_id": f"d{i}", "text": "x" * 10, "lang": "ja"}
                                                     for i in range(200)])
-    syn = SourceDocs("synthetic", {"2026-11-01": "s1"}, [{"doc_id": f"s{i}", "text": "y" * 10, "lang": "en"}
-                                                        for i in range(12)])
-    rows, summary = resolve_mix(spec, {"deduplicated": ded, "synthetic": syn}, lambda ts: [len(t) for t in ts])
-    s = summary["sources"]
+    turns = json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a" * 20}])
+    syn = SourceDocs("synthetic", {"2026-11-01": "s1"}, [{"doc_id": f"s{i}", "text": "y" * 10, "lang": "en",
+                                                        "turns": turns} for i in range(12)])
+    return {"deduplicated": ded, "synthetic": syn}
+
+
+def count(texts):
+    return [len(t) for t in texts]
+
+
+def test_resolve_pins_versions_budgets_epochs_and_replay(tmp_path):
+    spec = load_mix(mix_file(tmp_path, GOOD))
+    src = sources()
+    rows0, s0, _ = resolve_phase(spec, spec.phases[0], src, count)
+    s = s0["sources"]
     assert s["deduplicated"]["upstream_versions"] == {"all": "v1"}
     assert s["deduplicated"]["tokens_selected"] == 750 and s["synthetic"]["tokens_selected"] == 250
-    assert 2 < s["synthetic"]["epochs"] <= 3
-    assert {r["split"] for r in rows} == {"train", "heldout"}
-    with pytest.raises(MixError, match="needs .* epochs .* max_epochs=1"):
-        spec1 = load_mix(mix_file(tmp_path, GOOD))
-        resolve_mix(spec1, {"deduplicated": ded, "synthetic": syn}, lambda ts: [len(t) for t in ts])
-    with pytest.raises(MixError, match="no materialized data"):
-        resolve_mix(spec, {"deduplicated": ded}, lambda ts: [len(t) for t in ts])
+    assert s["synthetic"]["epochs"] > 2 and {r["split"] for r in rows0} == {"train", "heldout"}
+    rows1, s1, docs1 = resolve_phase(spec, spec.phases[1], src, count, replay_pool=rows0)
+    assert docs1["synthetic"][0]["text"] == "user: q\nassistant: " + "a" * 20 + "\n"
+    assert s1["sources"]["synthetic"]["tokens_selected"] >= 200
+    assert s1["sources"]["replay"]["tokens_selected"] >= 50  # 0.2 / 0.8 of 200
+    assert all(r["replay_of"] in ("deduplicated", "synthetic") for r in rows1 if r["source"] == "replay")
+
+
+def test_resolve_errors_say_what_and_where(tmp_path):
+    spec = load_mix(mix_file(tmp_path, phase0(sources=[{"source": "deduplicated", "weight": 0.5},
+                                                      {"source": "synthetic", "weight": 0.5}])))
+    with pytest.raises(MixError, match=r"phase 'web': source 'synthetic' needs .* epochs .* max_epochs=1"):
+        resolve_phase(spec, spec.phases[0], sources(), count)
+    with pytest.raises(MixError, match="has no materialized data"):
+        resolve_phase(spec, spec.phases[0], {"deduplicated": sources()["deduplicated"]}, count)
+    spec = load_mix(mix_file(tmp_path, GOOD))
+    no_turns = {**sources(), "synthetic": SourceDocs("synthetic", {}, [{"doc_id": "s", "text": "t", "lang": "en"}])}
+    with pytest.raises(MixError, match="no conversation"):
+        resolve_phase(spec, spec.phases[1], no_turns, count, replay_pool=[])
+    with pytest.raises(MixError, match="replay needs"):
+        resolve_phase(spec, spec.phases[1], sources(), count, replay_pool=[])
+
+
+def test_chat_rendering_masks_prompt_tokens():
+    turns = [{"role": "user", "content": "ab"}, {"role": "assistant", "content": "cd"}]
+    ids, mask = render_conversation(turns, ChatTemplate(), lambda s: [ord(c) for c in s], assistant_only=True)
+    text = "".join(map(chr, ids))
+    assert text == "user: ab\nassistant: cd\n"
+    assert "".join(c for c, m in zip(text, mask) if m) == "cd\n"
+    _, all_mask = render_conversation(turns, ChatTemplate(), lambda s: [ord(c) for c in s], assistant_only=False)
+    assert all(all_mask)
+
+
+def test_best_fit_never_splits_a_fitting_document_and_fills_sequences():
+    rng = np.random.default_rng(0)
+    lengths = [int(x) for x in rng.integers(20, 600, size=3000)] + [2500, 4100]
+    bins, st = best_fit_pack(lengths, 1024)
+    placed = collections.defaultdict(int)
+    for b in bins:
+        assert b.used <= 1024
+        for i, a, e in b.pieces:
+            placed[i] += e - a
+            if lengths[i] <= 1024:
+                assert (a, e) == (0, lengths[i]), "a document that fits is never split"
+    assert all(placed[i] == n for i, n in enumerate(lengths)), "every token placed exactly once"
+    assert st.split_documents == 2 and st.fitting_documents_split == 0
+    assert st.utilization > 0.995
+    assert concat_chunk_stats(lengths, 1024).fitting_documents_split > 500
 
 
 @pytest.fixture(scope="module")
@@ -65,32 +142,74 @@ def spm_tok(tmp_path_factory):
     d = tmp_path_factory.mktemp("tok")
     texts = [t for t in generate_documents(DefaultCorpusConfig(n_docs=400)) if t.strip()]
     train_sentencepiece(texts, d, TokenizerConfig(vocab_size=800))
-    return SpmTokenizer(d / "tokenizer.model")
+    return SpmTokenizer(d / "tokenizer.model"), d
 
 
 def test_tokenizer_round_trips_exactly(spm_tok):
+    tok, _ = spm_tok
     for text in ["  二つの  空白\nと改行\n\n", "Digits 12345 and 漢字カナ", "絵文字 🍣 未知の字 𠮷"]:
-        assert spm_tok.decode(spm_tok.encode(text)) == text
-    assert len(spm_tok.encode("1010")) == 4, "digits are split (no multi-digit pieces)"
-    st = tokenizer_stats(spm_tok, {"ja": ["今日は天気です。"], "en": ["The weather is fine."]})
+        assert tok.decode(tok.encode(text)) == text
+    assert len(tok.encode("1010")) == 4, "digits are split (no multi-digit pieces)"
+    st = tokenizer_stats(tok, {"ja": ["今日は天気です。"], "en": ["The weather is fine."]})
     assert st["ja"]["roundtrip_exact"] and st["en"]["chars_per_token"] > 1
 
 
-def test_packing_writes_megatron_datasets(tmp_path):
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_hf_export_gives_the_same_ids(tmp_path, model_type):
+    from transformers import AutoTokenizer
+
+    from kura.tokenize.hf_export import export_hf
+
+    texts = [t for t in generate_documents(DefaultCorpusConfig(n_docs=300, seed=3)) if t.strip()]
+    train_sentencepiece(texts, tmp_path, TokenizerConfig(vocab_size=800, model_type=model_type))
+    sp = SpmTokenizer(tmp_path / "tokenizer.model")
+    hf = AutoTokenizer.from_pretrained(export_hf(tmp_path / "tokenizer.model", tmp_path / "hf", model_type, 4096))
+    probe = texts[:100] + ["  二つの  空白\nと改行", "Digits 12345", "未知の字 𠮷"]
+    assert all(hf.encode(t, add_special_tokens=False) == sp.encode(t) for t in probe)
+    assert all(hf.decode(hf.encode(t, add_special_tokens=False)) == t for t in probe)
+    assert hf.model_max_length == 4096 and hf.eos_token == "</s>"
+
+
+def test_packed_output_samples_in_mix_proportions_through_megatron(tmp_path):
+    """kura's .bin/.idx + blend read by megatron-core's BlendedMegatronDatasetBuilder → GPTDataset: the sampled
+    token shares match the mix."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    docs = [[5] * 10, [6] * 3, [7] * 30]
-    seqs = list(pack_sequences(docs, seq_len=8, eod=2))
-    assert all(len(s) == 9 for s in seqs) and len(seqs) == (10 + 3 + 30 + 3) // 9
-    info = write_packed_source(tmp_path, "deduplicated", docs, 8, 2, 1000)
-    assert info["tokens"] + info["dropped_tail_tokens"] == 46
+    rng = np.random.default_rng(0)
+    docs_a = [[5] * int(rng.integers(5, 40)) for _ in range(400)]
+    docs_b = [[7] * int(rng.integers(5, 40)) for _ in range(100)]
+    info = {k: write_packed_source(tmp_path, k, [(d, [1] * len(d)) for d in docs], 32, eod=2, pad=3, vocab_size=100)
+            for k, docs in (("a", docs_a), ("b", docs_b))}
+    assert all(v["fitting_documents_split"] == 0 and v["utilization"] > 0.97 for v in info.values())
+    blend = write_blend(tmp_path, info)
+    assert IndexedDataset(str(tmp_path / "train_a"))[0].dtype == np.uint8
+
+    class Tok:  # what GPTDataset reads from a tokenizer
+        eod, pad, vocab_size = 2, 3, 100
+        unique_identifiers = {"class": "kura-test"}
+
+    paths = [str(tmp_path / p) for p in blend["train"][1::2]]
+    weights = [float(w) for w in blend["train"][0::2]]
+    cfg = GPTDatasetConfig(random_seed=1, sequence_length=32, blend_per_split=[(paths, weights), None, None],
+                           tokenizer=Tok(), reset_position_ids=False, reset_attention_mask=False,
+                           eod_mask_loss=False)
+    train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [2000, 0, 0], lambda: True, cfg).build()
+    counts = collections.Counter()
+    for i in range(len(train)):
+        t = train[i]["tokens"].numpy()
+        counts["a"] += int((t == 5).sum())
+        counts["b"] += int((t == 7).sum())
+    share = counts["a"] / (counts["a"] + counts["b"])
+    assert abs(share - weights[0]) < 0.02, (share, weights)
+
+
+def test_heldout_written_one_document_each(tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
     write_indexed(tmp_path / "heldout_ja", [np.arange(5), np.arange(7)], 1000)
-    ds = IndexedDataset(str(tmp_path / "train_deduplicated"))
-    assert len(ds) == info["sequences"] and list(ds[0]) == [5] * 9
     assert [len(x) for x in IndexedDataset(str(tmp_path / "heldout_ja"))] == [5, 7]
-    blend = write_blend(tmp_path, {"deduplicated": info})
-    assert blend["train"] == ["1.0", "train_deduplicated"]
-    assert json.loads((tmp_path / "blend.json").read_text()) == blend
 
 
 def test_local_gpt_learns_and_perplexity_is_bounded():

@@ -45,10 +45,11 @@ def test_webserver_serves_the_asset_graph_on_loopback(tmp_path):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
-        graph = {n["assetKey"]["path"][-1]: {d["path"][-1] for d in n["dependencyKeys"]} for n in nodes}
-        assert graph["packed_dataset"] == {"data_mix", "tokenizer"}
-        assert graph["eval_perplexity"] == {"base_model", "packed_dataset"}
-        assert len(graph) == 10
+        graph = {"/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]} for n in nodes}
+        assert graph["packed_dataset/web"] == {"data_mix/web", "tokenizer"}
+        assert graph["data_mix/instruct"] == {"data_mix/web", "deduplicated", "synthetic", "tokenizer"}
+        assert graph["eval_perplexity"] == {"base_model", "packed_dataset/web", "packed_dataset/instruct"}
+        assert len(graph) == 13
         # with telemetry on, Dagster creates $DAGSTER_HOME/.telemetry/id.yaml at start-up (checked by hand)
         assert not (dh / ".telemetry").exists(), "telemetry is off"
     finally:

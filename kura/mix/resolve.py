@@ -113,3 +113,17 @@ def resolve_phase(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs]
                                         "tokens_selected": taken, "replay_fraction": phase.replay_fraction}
     summary["tokens_selected"] = sum(v["tokens_selected"] for v in summary["sources"].values())
     return rows, summary, docs_by_label
+
+
+def selected_documents(phase: MixPhase, rows: list[dict], docs_by_label: dict[str, list[dict]],
+                       previous_docs: dict[tuple[str, str], dict]) -> list[dict]:
+    """The documents the selection references (each once), with what packing needs: text, conversation turns,
+    chat template and loss mask. Replayed documents are copied from the previous phase's documents."""
+    used = {(r["source"], r["doc_id"]) for r in rows}
+    meta = {s.label: (s.chat_template, s.loss_mask) for s in phase.sources}
+    docs = [{"source": label, "doc_id": d["doc_id"], "lang": d.get("lang") or "", "text": d["text"],
+             "turns": d.get("turns"), "chat_template": meta[label][0], "loss_mask": meta[label][1]}
+            for label, ds in docs_by_label.items() for d in ds if (label, d["doc_id"]) in used]
+    for key in sorted({(r["replay_of"], r["doc_id"]) for r in rows if r["source"] == "replay"}):
+        docs.append({**previous_docs[key], "source": "replay"})
+    return docs

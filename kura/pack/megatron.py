@@ -31,20 +31,6 @@ def safe_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
 
 
-def pack_sequences(token_lists, seq_len: int, eod: int):
-    """Concatenate documents (each followed by EOD) and yield chunks of seq_len+1 tokens; returns via
-    StopIteration value the number of dropped tail tokens."""
-    buf: list[int] = []
-    width = seq_len + 1
-    for ids in token_lists:
-        buf.extend(ids)
-        buf.append(eod)
-        while len(buf) >= width:
-            yield buf[:width]
-            buf = buf[width:]
-    return len(buf)
-
-
 def write_indexed(prefix: Path, sequences, vocab_size: int) -> dict:
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
