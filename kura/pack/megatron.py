@@ -38,7 +38,7 @@ def write_indexed(prefix: Path, sequences, vocab_size: int) -> dict:
     builder = IndexedDatasetBuilder(str(prefix) + ".bin", dtype=_dtype(vocab_size))
     n_seq = n_tok = 0
     for seq in sequences:
-        builder.add_item(torch.tensor(seq, dtype=torch.int64))
+        builder.add_item(torch.as_tensor(np.asarray(seq, dtype=np.int64)))
         builder.end_document()
         n_seq += 1
         n_tok += len(seq)
@@ -46,29 +46,52 @@ def write_indexed(prefix: Path, sequences, vocab_size: int) -> dict:
     return {"sequences": n_seq, "tokens": n_tok}
 
 
-def write_packed_source(out_dir: Path, label: str, docs: list[tuple[list[int], list[int]]], seq_len: int,
-                        eod: int, pad: int, vocab_size: int) -> dict:
-    """docs: (token ids, loss mask) per document, EOD not yet appended. Best-fit packs them into sequences of
-    seq_len+1 tokens and writes the tokens and the mask as two indexed datasets."""
+def write_rows(prefix: Path, rows: np.ndarray) -> None:
+    """Write a (sequences × width) array as a Megatron indexed dataset, one document per row, in one pass:
+    the .bin is the array's bytes and the .idx comes from megatron-core's own builder (format by construction)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    builder = IndexedDatasetBuilder(str(prefix) + ".bin", dtype=rows.dtype.type)
+    builder.data_file.write(np.ascontiguousarray(rows).tobytes(order="C"))
+    n, width = rows.shape
+    builder.sequence_lengths = [width] * n
+    builder.document_indices = list(range(n + 1))
+    builder.finalize(str(prefix) + ".idx")
+
+
+def write_packed_source(out_dir: Path, label: str, docs: list[tuple], seq_len: int, eod: int, pad: int,
+                        vocab_size: int) -> dict:
+    """docs: (token ids, loss mask or None) per document, EOD not yet appended. Best-fit packs them into
+    sequences of seq_len+1 tokens and writes the tokens and the mask as two indexed datasets. Tokens live in one
+    flat numpy array and the packed sequences in one matrix, so the cost is memory copies, not Python loops."""
     from kura.pack.bestfit import best_fit_pack
 
     width = seq_len + 1
-    toks = [ids + [eod] for ids, _ in docs]
-    masks = [m + [1] for _, m in docs]
-    bins, st = best_fit_pack([len(t) for t in toks], width)
-
-    def sequences(source):
-        for b in bins:
-            seq = [x for i, a, e in b.pieces for x in source[i][a:e]]
-            yield seq + ([pad] if source is toks else [0]) * (width - len(seq))
-
+    dtype = _dtype(vocab_size)
+    lengths = np.array([len(ids) + 1 for ids, _ in docs], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(docs) else np.zeros(0, np.int64)
+    flat = np.full(int(lengths.sum()), eod, dtype=dtype)
+    flat_mask = np.ones(int(lengths.sum()), dtype=np.uint8)
+    for (ids, mask), s0, n in zip(docs, starts, lengths):
+        flat[s0: s0 + n - 1] = ids
+        if mask is not None:
+            flat_mask[s0: s0 + n - 1] = mask
+    bins, st = best_fit_pack(lengths.tolist(), width)
+    rows = np.full((len(bins), width), pad, dtype=dtype)
+    mrows = np.zeros((len(bins), width), dtype=np.uint8)
+    for r, b in enumerate(bins):
+        pos = 0
+        for i, a, e in b.pieces:
+            rows[r, pos: pos + e - a] = flat[starts[i] + a: starts[i] + e]
+            mrows[r, pos: pos + e - a] = flat_mask[starts[i] + a: starts[i] + e]
+            pos += e - a
     prefix = f"train_{safe_name(label)}"
-    stats = write_indexed(out_dir / prefix, sequences(toks), vocab_size)
-    write_indexed(out_dir / f"{prefix}_mask", sequences(masks), 2)
-    return {**stats, "prefix": prefix, "mask_prefix": f"{prefix}_mask", "documents": st.documents,
-            "real_tokens": st.tokens, "padding_tokens": st.padding, "utilization": round(st.utilization, 5),
-            "split_documents": st.split_documents, "fitting_documents_split": st.fitting_documents_split,
-            "loss_tokens": sum(sum(m) for m in masks)}
+    write_rows(out_dir / prefix, rows)
+    write_rows(out_dir / f"{prefix}_mask", mrows)
+    return {"sequences": len(bins), "tokens": len(bins) * width, "prefix": prefix, "mask_prefix": f"{prefix}_mask",
+            "documents": st.documents, "real_tokens": st.tokens, "padding_tokens": st.padding,
+            "utilization": round(st.utilization, 5), "split_documents": st.split_documents,
+            "fitting_documents_split": st.fitting_documents_split, "loss_tokens": int(flat_mask.sum())}
 
 
 def write_blend(out_dir: Path, train: dict[str, dict]) -> dict:

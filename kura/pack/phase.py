@@ -20,7 +20,7 @@ def pack_phase(out_dir: Path, selection: list[dict], docs: list[dict], templates
     plain = [d for d in docs if not (d.get("chat_template") and d.get("loss_mask") == "assistant_only")]
     encoded = {}
     for d, ids in zip(plain, encode_parallel(str(tokenizer_model), [d["text"] for d in plain], workers)):
-        encoded[(d["source"], d["doc_id"])] = (ids, [1] * len(ids))
+        encoded[(d["source"], d["doc_id"])] = (ids, None)  # None: every token carries loss
     for d in masked:
         encoded[(d["source"], d["doc_id"])] = chat.render_conversation(
             d["turns"], templates[d["chat_template"]], tok.encode, assistant_only=True)
