@@ -36,12 +36,14 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerAssetConfig, d
     st = storage.get()
 
     def build(stage):
-        rows = corpus_rows(st, deduplicated) + synthetic_rows(st, synthetic)
-        train = [r["text"] for r in rows if not is_heldout(r["doc_id"], HELDOUT_FRACTION)]
+        groups = {"deduplicated": corpus_rows(st, deduplicated), "synthetic": synthetic_rows(st, synthetic)}
+        train = {k: [r["text"] for r in rows if not is_heldout(r["doc_id"], HELDOUT_FRACTION)]
+                 for k, rows in groups.items()}
         held: dict[str, list[str]] = {}
-        for r in rows:
-            if is_heldout(r["doc_id"], HELDOUT_FRACTION):
-                held.setdefault(r["lang"], []).append(r["text"])
+        for rows in groups.values():
+            for r in rows:
+                if is_heldout(r["doc_id"], HELDOUT_FRACTION):
+                    held.setdefault(r["lang"], []).append(r["text"])
         sample = spm.train_sentencepiece(train, stage, config)
         tok = spm.SpmTokenizer(stage / "tokenizer.model")
         # HF-compatible export beside the SentencePiece model: checkpoints load with AutoTokenizer

@@ -68,8 +68,8 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
                          SamplingConfig(sc.max_tokens, sc.temperature, sc.top_p, sc.seed), day).kept
     pq.write_table(pa.Table.from_pylist(syn), out / "synthetic.parquet")
     from kura.mix.resolve import is_heldout
-    rows = ded + syn
-    train_sentencepiece([r["text"] for r in rows if not is_heldout(r["doc_id"], 0.02)], out / "tok", TokenizerConfig())
+    train_sentencepiece({k: [r["text"] for r in rows if not is_heldout(r["doc_id"], 0.02)]
+                         for k, rows in (("deduplicated", ded), ("synthetic", syn))}, out / "tok", TokenizerConfig())
     tok = SpmTokenizer(out / "tok" / "tokenizer.model")
     mix = load_mix(Path(__file__).resolve().parents[1] / "pipelines" / "mixes" / "default.yaml")
     sources = {"deduplicated": SourceDocs("deduplicated", {}, ded), "synthetic": SourceDocs("synthetic", {}, syn)}

@@ -231,3 +231,17 @@ def test_local_gpt_learns_and_perplexity_is_bounded():
         opt.step()
     after = perplexity(m, [data[0].numpy()], 16)["perplexity"]
     assert math.isclose(before, 50, rel_tol=0.5) and after < 2.0
+
+
+def test_tokenizer_sample_follows_its_own_mix():
+    from kura.tokenize.spm import sample_mix
+
+    groups = {"a": ["a" * 100] * 100, "b": ["b" * 100] * 100}
+    sample = sample_mix(groups, {"a": 0.8, "b": 0.2}, 5000, seed=0)
+    chars = {k: sum(len(t) for t in sample if t[0] == k) for k in "ab"}
+    assert 3900 <= chars["a"] <= 4100 and 900 <= chars["b"] <= 1100
+    assert sample == sample_mix(groups, {"a": 0.8, "b": 0.2}, 5000, seed=0)
+    with pytest.raises(ValueError, match="unknown sources"):
+        sample_mix(groups, {"c": 1.0}, 10, 0)
+    with pytest.raises(ValueError, match="sum to 1"):
+        sample_mix(groups, {"a": 0.5}, 10, 0)

@@ -27,8 +27,25 @@ class TokenizerConfig(BaseModel):
     character_coverage: float = Field(0.9995, gt=0, le=1, description="Share of characters covered by pieces; "
                                                                      "the rest fall back to bytes.")
     seed: int = Field(0, description="Seed of the training sample.")
+    sample_weights: dict[str, float] = Field(
+        default_factory=lambda: {"deduplicated": 0.9, "synthetic": 0.1},
+        description="The tokenizer's own mix: share of the sampled characters drawn from each source (sum 1). "
+                    "A source with less text than its share contributes all it has.")
     model_max_length: int = Field(8192, gt=0, description="Longest sequence the tokenizer is declared for (HF "
                                                           "model_max_length); a mix phase may not exceed it.")
+
+
+def sample_mix(groups: dict[str, list[str]], weights: dict[str, float], max_chars: int, seed: int) -> list[str]:
+    """A reproducible sample with each source's share of characters given by `weights`."""
+    unknown = set(weights) - set(groups)
+    if unknown:
+        raise ValueError(f"tokenizer sample_weights name unknown sources {sorted(unknown)} (known: {sorted(groups)})")
+    if abs(sum(weights.values()) - 1.0) > 1e-6 or any(w < 0 for w in weights.values()):
+        raise ValueError(f"tokenizer sample_weights must be non-negative and sum to 1, got {weights}")
+    out: list[str] = []
+    for name, w in sorted(weights.items()):
+        out += sample_texts(groups[name], int(w * max_chars), seed)
+    return out
 
 
 def sample_texts(texts: list[str], max_chars: int, seed: int) -> list[str]:
@@ -43,10 +60,14 @@ def sample_texts(texts: list[str], max_chars: int, seed: int) -> list[str]:
     return out
 
 
-def train_sentencepiece(texts: list[str], out_dir: str | Path, cfg: TokenizerConfig) -> dict:
+def train_sentencepiece(texts: list[str] | dict[str, list[str]], out_dir: str | Path, cfg: TokenizerConfig) -> dict:
+    """`texts`: one list, or {source: texts} sampled with cfg.sample_weights."""
     import sentencepiece as spm
 
-    sample = sample_texts(texts, cfg.sample_chars, cfg.seed)
+    if isinstance(texts, dict):
+        sample = sample_mix(texts, cfg.sample_weights, cfg.sample_chars, cfg.seed)
+    else:
+        sample = sample_texts(texts, cfg.sample_chars, cfg.seed)
     lines = [ln for t in sample for ln in t.split("\n") if ln.strip()]
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
