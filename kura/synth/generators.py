@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib.util
+from abc import ABC, abstractmethod
 import json
 import os
 import subprocess
@@ -43,11 +44,14 @@ class GenerationResult:
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-class Generator:
+class Generator(ABC):
+    """The interface every backend implements (prompts in, completions and token counts out)."""
+
     name = "base"
 
+    @abstractmethod
     def generate(self, prompts: list[str], sampling: SamplingConfig) -> GenerationResult:
-        raise NotImplementedError  # interface; implementations below
+        """One completion per prompt, in order."""
 
 
 def vllm_available() -> bool:
