@@ -1,13 +1,18 @@
 """Web-corpus stages: raw_corpus (one partition per input file) → cleaned (rule filters + blocking GX suite)
 → deduplicated (exact, across all shards)."""
 
+import shutil
 from collections import Counter
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
+import pyarrow.parquet as pq
 
 import kura.corpus.readers as readers
 import kura.dedup.exact as exact
+import kura.dedup.incremental as incremental
+import kura.dedup.minhash as minhash
 import kura.quality.expectations as expectations
 import kura.text.filters as filters
 import kura.text.normalize as normalize
@@ -15,6 +20,7 @@ from assets._common import (DOC_SCHEMA, output, read_parquet, run_versioned, sou
                             write_parquet)
 from kura.io import sha256_file
 from resources import CorpusResource, StorageResource
+from resources.io_manager import latest_manifest
 
 corpus_partitions = dg.DynamicPartitionsDefinition(name="corpus_files")
 
@@ -106,30 +112,79 @@ def cleaned(context: dg.AssetExecutionContext, config: CleanedConfig, raw_corpus
                                         "content_version": m["version"]})
 
 
-@dg.asset(group_name="corpus", code_version=source_version(exact),
+class DedupConfig(dg.Config, minhash.MinHashConfig):
+    """Near-duplicate settings (see kura.dedup.minhash.MinHashConfig)."""
+
+    near_duplicates: bool = True
+    """Also remove near duplicates (MinHash-LSH); exact duplicates are always removed."""
+
+
+DUP_SCHEMA = DOC_SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("duplicate_of", pa.string())) \
+    .append(pa.field("similarity", pa.float64()))
+INDEX_SCHEMA = pa.schema([("doc_id", pa.string()), ("exact_key", pa.string()), ("signature", pa.list_(pa.uint32()))])
+
+
+@dg.asset(group_name="corpus", code_version=source_version(exact, minhash, incremental),
           ins={"cleaned": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
           automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
           & dg.AutomationCondition.all_deps_blocking_checks_passed())
-def deduplicated(context: dg.AssetExecutionContext, cleaned: dict, storage: StorageResource) -> dg.Output:
-    """Exact duplicates removed across every cleaned shard (first copy wins, shards in name order)."""
+def deduplicated(context: dg.AssetExecutionContext, config: DedupConfig, cleaned: dict,
+                 storage: StorageResource) -> dg.Output:
+    """Exact and near duplicates removed across every cleaned shard, incrementally: shards already processed by
+    the previous materialization are not read or hashed again; new shards are checked against their index."""
     st = storage.get()
     if not cleaned:
         raise ValueError("no cleaned shard is materialized yet: materialize raw_corpus and cleaned first")
+    mh_cfg = minhash.MinHashConfig(**config.model_dump(exclude={"near_duplicates"}))
+    versions = {pk: m["version"] for pk, m in cleaned.items()}
+    previous = latest_manifest(st, context.asset_key)
 
     def build(stage):
-        shards = [(pk, read_parquet(st, m, "documents.parquet").to_pylist()) for pk, m in cleaned.items()]
-        kept, dups = exact.dedup_shards(shards)
-        rows = [r for pk in sorted(kept) for r in kept[pk]]
-        write_parquet(stage / "documents.parquet", rows, DOC_SCHEMA)
-        dup_schema = DOC_SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("duplicate_of", pa.string()))
-        write_parquet(stage / "duplicates.parquet", dups, dup_schema)
-        info = {"shards": len(shards), "documents_in": sum(len(r) for _, r in shards), "kept": len(rows),
-                "duplicates": len(dups), "kept_by_shard": {pk: len(v) for pk, v in kept.items()},
-                "kept_by_lang": dict(Counter(r["lang"] for r in rows)), "chars": sum(r["n_chars"] for r in rows)}
+        state, reused = None, []
+        if previous is not None and "shard_versions" in previous:
+            prev_dir = st.local_dir(previous["dir"])
+            cand = incremental.DedupState(mh_cfg, config.near_duplicates, previous["shard_versions"])
+            if cand.compatible(mh_cfg, config.near_duplicates, versions):
+                state = incremental.DedupState.from_rows(mh_cfg, config.near_duplicates, previous["shard_versions"],
+                                                         pq.read_table(prev_dir / "index.parquet").to_pylist())
+                reused = list(previous["shard_order"])
+        if state is None:
+            state = incremental.DedupState(mh_cfg, config.near_duplicates)
+        hasher = minhash.MinHasher(mh_cfg)
+        (stage / "shards").mkdir()
+        order = reused + sorted(pk for pk in cleaned if pk not in reused)
+        kept_by_shard, dups_by_reason = {}, Counter()
+        for n, pk in enumerate(order):
+            name = f"{n:06d}"
+            if pk in reused:  # earlier shard: its results are copied, its documents not read
+                for kind in ("kept", "dups"):
+                    shutil.copy(prev_dir / "shards" / f"{previous['shard_files'][pk]}.{kind}.parquet",
+                                stage / "shards" / f"{name}.{kind}.parquet")
+                kept_by_shard[pk] = previous["kept_by_shard"][pk]
+                continue
+            rows = read_parquet(st, cleaned[pk], "documents.parquet").to_pylist()
+            kept, dups = incremental.dedup_shard(state, hasher, rows)
+            write_parquet(stage / "shards" / f"{name}.kept.parquet", kept, DOC_SCHEMA)
+            write_parquet(stage / "shards" / f"{name}.dups.parquet", dups, DUP_SCHEMA)
+            kept_by_shard[pk] = len(kept)
+        files = {pk: f"{n:06d}" for n, pk in enumerate(order)}
+        docs = pa.concat_tables([pq.read_table(stage / "shards" / f"{files[pk]}.kept.parquet") for pk in order])
+        dups = pa.concat_tables([pq.read_table(stage / "shards" / f"{files[pk]}.dups.parquet") for pk in order])
+        pq.write_table(docs, stage / "documents.parquet", compression="zstd")
+        pq.write_table(dups, stage / "duplicates.parquet", compression="zstd")
+        write_parquet(stage / "index.parquet", state.to_rows(), INDEX_SCHEMA)
+        dups_by_reason.update(dups.column("reason").to_pylist())
+        documents_in = docs.num_rows + dups.num_rows
+        info = {"shards": len(order), "shards_reused": len(reused), "shards_processed": len(order) - len(reused),
+                "documents_in": documents_in, "kept": docs.num_rows, "duplicates": dups.num_rows,
+                "duplicates_by_reason": dict(dups_by_reason), "kept_by_shard": kept_by_shard,
+                "kept_by_lang": dict(Counter(docs.column("lang").to_pylist())),
+                "chars": int(pa.compute.sum(docs.column("n_chars")).as_py() or 0),
+                "shard_versions": {pk: versions[pk] for pk in order}, "shard_order": order, "shard_files": files}
         write_json(stage / "stats.json", info)
         return info
 
-    m, reused = run_versioned(context, st, config={}, upstream={"cleaned": cleaned}, build=build)
-    return output(m, reused, shards=m["shards"], documents_in=m["documents_in"], kept=m["kept"],
-                  duplicates=m["duplicates"], kept_by_lang=m["kept_by_lang"])
-
+    m, reused = run_versioned(context, st, config=config, upstream={"cleaned": cleaned}, build=build)
+    return output(m, reused, shards=m["shards"], shards_reused=m["shards_reused"], documents_in=m["documents_in"],
+                  kept=m["kept"], duplicates=m["duplicates"], duplicates_by_reason=m["duplicates_by_reason"],
+                  kept_by_lang=m["kept_by_lang"])

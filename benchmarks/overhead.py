@@ -28,7 +28,8 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     from assets.synthetic import SyntheticConfig, TeacherModelConfig
     from assets.train import ModelArgs
     from kura.corpus.readers import Document, read_corpus_file
-    from kura.dedup.exact import dedup_shards
+    from kura.dedup.incremental import DedupState, dedup_shard
+    from kura.dedup.minhash import MinHashConfig, MinHasher
     from kura.eval.perplexity import evaluate_heldout
     from kura.mix.resolve import SourceDocs, resolve_phase, selected_documents
     from kura.mix.spec import load_mix
@@ -56,8 +57,9 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
         validate_documents(pd.DataFrame(res.kept), min_chars=cc.min_chars, max_chars=cc.max_chars,
                            languages=cc.languages)
         shards.append((f.name, res.kept))
-    kept, _ = dedup_shards(shards)
-    ded = [r for k in sorted(kept) for r in kept[k]]
+    state = DedupState(MinHashConfig(), True)
+    hasher = MinHasher(MinHashConfig())
+    ded = [r for _, rows in sorted(shards, key=lambda x: x[0]) for r in dedup_shard(state, hasher, rows)[0]]
     pq.write_table(pa.Table.from_pylist(ded), out / "deduplicated.parquet")
     recipe, tcfg = QADialogueRecipe(), TeacherModelConfig()
     ex = teacher_examples(ded, recipe, tcfg.max_examples, tcfg.seed)

@@ -12,12 +12,23 @@ from resources.storage import StorageResource
 _UNPARTITIONED = "__all__"
 
 
+def manifest_path(key: dg.AssetKey, partition: str | None = None) -> str:
+    part = (partition or _UNPARTITIONED).replace("/", "__")
+    return f"_manifests/{'/'.join(key.path)}/{part}.json"
+
+
+def latest_manifest(storage, key: dg.AssetKey, partition: str | None = None) -> dict | None:
+    """The manifest of the asset's latest materialization (what downstream assets receive), if any — for stages
+    that carry state forward, like incremental dedup."""
+    rel = manifest_path(key, partition)
+    return storage.read_json(rel) if storage.exists(rel) else None
+
+
 class ManifestIOManager(dg.ConfigurableIOManager):
     storage: dg.ResourceDependency[StorageResource]
 
     def _rel(self, key: dg.AssetKey, partition: str | None) -> str:
-        part = (partition or _UNPARTITIONED).replace("/", "__")
-        return f"_manifests/{'/'.join(key.path)}/{part}.json"
+        return manifest_path(key, partition)
 
     def handle_output(self, context: dg.OutputContext, obj: dict) -> None:
         if obj is None:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from kura.dedup.exact import dedup_key, dedup_shards
+from kura.dedup.exact import dedup_key
+from kura.dedup.incremental import DedupState, dedup_shard
+from kura.dedup.minhash import MinHashConfig, MinHasher
 from kura.quality.expectations import validate_documents
 from kura.text.filters import CleanConfig, clean_documents, strip_ad_lines
 from kura.text.normalize import detect_language, normalize_text
@@ -55,7 +57,9 @@ def test_clean_config_rejects_contradictions():
 def test_exact_dedup_across_shards_first_copy_wins():
     a = [{"doc_id": "a1", "text": "Hello, world"}, {"doc_id": "a2", "text": "unique"}]
     b = [{"doc_id": "b1", "text": "hello  world!"}, {"doc_id": "b2", "text": "Hello, world"}]
-    kept, dups = dedup_shards([("b", b), ("a", a)])
+    state, h = DedupState(MinHashConfig(), near=False), MinHasher(MinHashConfig())
+    kept = {name: dedup_shard(state, h, rows)[0] for name, rows in (("a", a), ("b", b))}
+    dups = [{**r, "duplicate_of": state.exact.seen[dedup_key(r["text"])]} for r in b]
     assert [r["doc_id"] for r in kept["a"]] == ["a1", "a2"] and kept["b"] == []
     assert {d["doc_id"]: d["duplicate_of"] for d in dups} == {"b1": "a1", "b2": "a1"}
     assert dedup_key("ＨＥＬＬＯ world") == dedup_key("hello world")

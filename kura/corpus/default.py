@@ -82,43 +82,65 @@ def _paragraphs(r: random.Random, sentence, n_par: int, joiner: str) -> str:
 
 def generate_documents(cfg: DefaultCorpusConfig) -> list[str]:
     """The documents in file order (before they are split into files)."""
+    return [t for t, _ in generate_labelled(cfg)]
+
+
+def generate_labelled(cfg: DefaultCorpusConfig) -> list[tuple[str, dict]]:
+    """(text, label) pairs. The label says what was planted: kind (clean, exact_dup, near_dup, short, long,
+    empty, mixed_language, mojibake, ads), the language, and for duplicates the index of the original — the ground
+    truth for dedup precision/recall and filter benchmarks."""
     r = random.Random(cfg.seed)
     docs: list[str] = []
+    labels: list[dict] = []
+
+    def add(text: str, **label) -> None:
+        docs.append(text)
+        labels.append(label)
+
     for i in range(cfg.n_docs):
         roll = r.random()
         lang_ja = r.random() < 0.6
+        lang = "ja" if lang_ja else "en"
         sentence, joiner = (_ja_sentence, "") if lang_ja else (_en_sentence, " ")
         if roll < 0.08 and docs:                       # exact duplicate of an earlier document
-            docs.append(r.choice(docs))
+            j = r.randrange(len(docs))
+            add(docs[j], kind="exact_dup", of=j, lang=labels[j]["lang"])
             continue
         if roll < 0.13 and docs:                       # near duplicate: one sentence appended
-            docs.append(r.choice(docs) + joiner + sentence(r))
+            j = r.randrange(len(docs))
+            add(docs[j] + joiner + sentence(r), kind="near_dup", of=j, lang=labels[j]["lang"])
             continue
         if roll < 0.17:                                # very short
-            docs.append(sentence(r)[: r.randint(3, 15)])
+            add(sentence(r)[: r.randint(3, 15)], kind="short", lang=lang)
             continue
         if roll < 0.175:                               # very long (tens of thousands of characters)
-            docs.append(_paragraphs(r, sentence, 400, joiner))
+            add(_paragraphs(r, sentence, 400, joiner), kind="long", lang=lang)
             continue
         if roll < 0.185:                               # empty or whitespace only
-            docs.append(r.choice(["", "   ", "\n\n\n"]))
+            add(r.choice(["", "   ", "\n\n\n"]), kind="empty", lang=lang)
             continue
         text = _paragraphs(r, sentence, r.randint(1, 4), joiner)
+        kind = "clean"
         if roll < 0.23:                                # mixed language
             text += "\n\n" + _paragraphs(r, _en_sentence if lang_ja else _ja_sentence, 1, " " if lang_ja else "")
+            kind = "mixed_language"
         elif roll < 0.26:                              # mojibake: UTF-8 bytes decoded as cp1252
             text = text.encode("utf-8").decode("cp1252", errors="replace")
+            kind = "mojibake"
         elif roll < 0.30:                              # mostly ads
             text = "\n".join(r.choice(AD_LINES) for _ in range(r.randint(3, 8))) + "\n" + sentence(r)
+            kind = "ads"
+        ads_inside = False
         if r.random() < 0.25:                          # a few ad lines inside a good document
             lines = text.split("\n")
             for _ in range(r.randint(1, 2)):
                 lines.insert(r.randint(0, len(lines)), r.choice(AD_LINES))
             text = "\n".join(lines)
+            ads_inside = True
         if r.random() < 0.2:                           # runs of empty lines
             text = text.replace("\n\n", "\n\n\n\n\n", 1)
-        docs.append(text)
-    return docs
+        add(text, kind=kind, lang=lang, ad_lines=ads_inside)
+    return list(zip(docs, labels))
 
 
 def write_default_corpus(out_dir: str | Path, cfg: DefaultCorpusConfig = DefaultCorpusConfig()) -> list[Path]:

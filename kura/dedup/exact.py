@@ -4,7 +4,7 @@ The key ignores case, whitespace and punctuation differences that survive NFKC (
 "hello world" collide), which catches the copy-pasted pages that make up most exact duplicates in web crawls.
 The first occurrence wins, in a deterministic order (shards sorted by name, rows in order), so the kept set does
 not depend on scheduling. Memory: one 16-byte digest per distinct document (~100 MB per 5M documents).
-Near-duplicates (MinHash-LSH) are a separate stage.
+Near duplicates: kura.dedup.minhash; both run shard by shard in kura.dedup.incremental.
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Iterable
 
 _DROP = re.compile(r"[\s\W_]+", re.UNICODE)
 
@@ -35,19 +34,3 @@ class ExactDeduper:
         if first is None:
             self.seen[k] = doc_id
         return first
-
-
-def dedup_shards(shards: Iterable[tuple[str, list[dict]]]) -> tuple[dict[str, list[dict]], list[dict]]:
-    """shards: (name, rows) in any order. Returns ({name: kept rows}, duplicate rows with `duplicate_of`)."""
-    d = ExactDeduper()
-    kept: dict[str, list[dict]] = {}
-    dups: list[dict] = []
-    for name, rows in sorted(shards, key=lambda s: s[0]):
-        out = kept.setdefault(name, [])
-        for r in rows:
-            first = d.check(r["doc_id"], r["text"])
-            if first is None:
-                out.append(r)
-            else:
-                dups.append({**r, "reason": "exact_duplicate", "duplicate_of": first})
-    return kept, dups
