@@ -77,3 +77,26 @@ def write_json(path: Path, obj: Any) -> None:
 
 DOC_SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("text", pa.string()),
                         ("lang", pa.string()), ("lang_score", pa.float64()), ("n_chars", pa.int64())])
+
+
+def bar_chart_md(counts: dict[str, int], title: str) -> dg.MetadataValue:
+    """A horizontal bar chart as a markdown image (the UI shows it on the materialization)."""
+    import base64
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = sorted(counts.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(5.5, 0.35 * len(items) + 0.9), dpi=90)
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#4c72b0")
+    for i, (_, v) in enumerate(items):
+        ax.text(v, i, f" {v}", va="center", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")

@@ -16,7 +16,7 @@ import kura.dedup.minhash as minhash
 import kura.quality.expectations as expectations
 import kura.text.filters as filters
 import kura.text.normalize as normalize
-from assets._common import (DOC_SCHEMA, output, read_parquet, run_versioned, source_version, write_json,
+from assets._common import (DOC_SCHEMA, bar_chart_md, output, read_parquet, run_versioned, source_version, write_json,
                             write_parquet)
 from kura.io import sha256_file
 from resources import CorpusResource, StorageResource
@@ -81,7 +81,10 @@ class CleanedConfig(dg.Config, filters.CleanConfig):
           code_version=source_version(filters, normalize, expectations),
           check_specs=[dg.AssetCheckSpec("gx_documents_suite", asset="cleaned", blocking=True,
                                          description="great-expectations suite: schema, unique ids, lengths, "
-                                                     "languages. Blocks downstream stages when it fails.")],
+                                                     "languages, no U+FFFD, no NUL. Blocks downstream stages."),
+                       dg.AssetCheckSpec("every_document_accounted_for", asset="cleaned", blocking=True,
+                                         description="Input documents = kept + Σ dropped by reason, counted in the "
+                                                     "written files (documents.parquet, quarantine.parquet).")],
           automation_condition=dg.AutomationCondition.eager())
 def cleaned(context: dg.AssetExecutionContext, config: CleanedConfig, raw_corpus: dict, storage: StorageResource):
     """Normalized documents that pass the rule filters; dropped ones go to quarantine.parquet with a reason."""
@@ -102,7 +105,11 @@ def cleaned(context: dg.AssetExecutionContext, config: CleanedConfig, raw_corpus
 
     m, reused = run_versioned(context, st, config=config, upstream={"raw_corpus": raw_corpus}, build=build)
     yield output(m, reused, documents_in=m["documents_in"], kept=m["kept"], dropped=m["dropped"],
-                 dropped_by_reason=m["dropped_by_reason"], kept_by_lang=m["kept_by_lang"], stats=m["stats"])
+                 dropped_by_reason=m["dropped_by_reason"], kept_by_lang=m["kept_by_lang"], stats=m["stats"],
+                 drop_reasons=bar_chart_md({**{f"read: {k}": v for k, v in m["input_rejected_by_reason"].items()},
+                                            **m["dropped_by_reason"], "kept": m["kept"]},
+                                           f"documents of {context.partition_key}"))
+    yield accounting_check(st, raw_corpus, m)
     df = read_parquet(st, m, "documents.parquet").to_pandas()
     res = expectations.validate_documents(df, min_chars=config.min_chars, max_chars=config.max_chars,
                                           languages=config.languages)
@@ -122,6 +129,18 @@ class DedupConfig(dg.Config, minhash.MinHashConfig):
 DUP_SCHEMA = DOC_SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("duplicate_of", pa.string())) \
     .append(pa.field("similarity", pa.float64()))
 INDEX_SCHEMA = pa.schema([("doc_id", pa.string()), ("exact_key", pa.string()), ("signature", pa.list_(pa.uint32()))])
+
+
+def accounting_check(st, raw_corpus: dict, m: dict) -> dg.AssetCheckResult:
+    n_in = pq.ParquetFile(st.local_dir(raw_corpus["dir"]) / "documents.parquet").metadata.num_rows
+    d = st.local_dir(m["dir"])
+    kept = pq.ParquetFile(d / "documents.parquet").metadata.num_rows
+    reasons = Counter(pq.read_table(d / "quarantine.parquet", columns=["reason"]).column("reason").to_pylist())
+    ok = n_in == kept + sum(reasons.values()) and dict(reasons) == m["dropped_by_reason"]
+    return dg.AssetCheckResult(check_name="every_document_accounted_for", passed=ok,
+                               severity=dg.AssetCheckSeverity.ERROR,
+                               metadata={"documents_in": n_in, "kept": kept,
+                                         "dropped_by_reason": dg.MetadataValue.json(dict(reasons))})
 
 
 @dg.asset(group_name="corpus", code_version=source_version(exact, minhash, incremental),

@@ -60,6 +60,6 @@ def test_assets_run_with_storage_on_s3(s3_server, tmp_path, monkeypatch):
     assert r.success
     m = r.output_for_node("cleaned")
     assert m["uri"].startswith("s3://kura/demo/cleaned/web-00.jsonl/") and m["kept"] > 0
-    assert [c.passed for c in r.get_asset_check_evaluations()] == [True]
+    assert [c.passed for c in r.get_asset_check_evaluations()] == [True, True]
     md = instance.get_latest_materialization_event(dg.AssetKey("cleaned")).asset_materialization.metadata
     assert s3_server.secret not in str(md) and s3_server.key not in str(md)

@@ -15,7 +15,7 @@ EN = "Yesterday my neighbour studied the history of railways in Osaka. It is an 
 
 
 def test_normalize_nfkc_whitespace_and_mojibake():
-    text, _ = normalize_text("ＡＢＣ１２３　ｶﾀｶﾅ  \n\n\n\n次の段落")
+    text, _ = normalize_text("ＡＢＣ１２３　ｶﾀｶﾅ  \n\n\n\n次の\x00段落\x07")
     assert text == "ABC123 カタカナ\n\n次の段落"
     broken = JA.encode("utf-8").decode("cp1252", errors="ignore")
     fixed, repaired = normalize_text("schÃ¶n")

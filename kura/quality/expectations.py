@@ -21,7 +21,7 @@ class SuiteResult:
 
 def validate_documents(df: pd.DataFrame, *, min_chars: int, max_chars: int, languages: list[str]) -> SuiteResult:
     """Expectations every cleaned shard must meet: the schema, unique non-null ids, non-null text, lengths within
-    the configured bounds, languages from the allowed set, and no U+FFFD replacement characters."""
+    the configured bounds, languages from the allowed set, no U+FFFD replacement characters and no NUL bytes."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -41,6 +41,7 @@ def validate_documents(df: pd.DataFrame, *, min_chars: int, max_chars: int, lang
         E.ExpectColumnValuesToBeInSet(column="lang", value_set=list(languages)),
         # independent of the filter settings: text that lost bytes in a bad decode must never reach training
         E.ExpectColumnValuesToNotMatchRegex(column="text", regex="\ufffd"),
+        E.ExpectColumnValuesToNotMatchRegex(column="text", regex="\x00"),  # NUL bytes break C tooling downstream
     ):
         suite.add_expectation(exp)
     result = batch.validate(suite)

@@ -1,4 +1,5 @@
-"""Normalization applied before any filter: mojibake repair (ftfy), Unicode NFKC, newline and whitespace cleanup.
+"""Normalization applied before any filter: mojibake repair (ftfy), Unicode NFKC, control characters (NUL & co.)
+removed, newline and whitespace cleanup.
 
 NFKC folds full-width ASCII (ＡＢＣ１２３) and half-width katakana (ｶﾀｶﾅ) into their canonical forms, so that
 filters, dedup hashes and the tokenizer see one spelling. Runs of blank lines collapse to one blank line (paragraph
@@ -12,6 +13,7 @@ import unicodedata
 import ftfy
 
 _BLANK_RUNS = re.compile(r"\n{3,}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls except tab and newlines, and DEL
 _TRAILING = re.compile(r"[ \t\u3000]+\n")
 
 
@@ -23,6 +25,7 @@ def normalize_text(text: str, repair_mojibake: bool = True) -> tuple[str, bool]:
         repaired = fixed != text and ftfy.badness.is_bad(text)
         text = fixed
     text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
     text = _TRAILING.sub("\n", text + "\n")
     text = _BLANK_RUNS.sub("\n\n", text).strip()
     return text, repaired
