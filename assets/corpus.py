@@ -15,6 +15,7 @@ import kura.dedup.incremental as incremental
 import kura.dedup.minhash as minhash
 import kura.quality.expectations as expectations
 import kura.text.filters as filters
+import kura.text.langid as langid
 import kura.text.normalize as normalize
 from assets._common import (DOC_SCHEMA, bar_chart_md, output, read_parquet, run_versioned, source_version, write_json,
                             write_parquet)
@@ -78,7 +79,7 @@ class CleanedConfig(dg.Config, filters.CleanConfig):
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name="corpus",
-          code_version=source_version(filters, normalize, expectations),
+          code_version=source_version(filters, normalize, langid, expectations),
           check_specs=[dg.AssetCheckSpec("gx_documents_suite", asset="cleaned", blocking=True,
                                          description="great-expectations suite: schema, unique ids, lengths, "
                                                      "languages, no U+FFFD, no NUL. Blocks downstream stages."),

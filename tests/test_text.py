@@ -27,8 +27,11 @@ def test_language_id():
     assert detect_language(JA)[0] == "ja"
     assert detect_language(EN)[0] == "en"
     assert detect_language(JA + " Tokyo station")[0] == "ja"
-    assert detect_language("Ceci est une phrase en français, évidemment très élégante.")[0] in ("en", "other")
+    assert detect_language("Ceci est une phrase en français, évidemment très élégante.")[0] == "other"
+    assert detect_language("这是一个关于历史和文化的中文句子，没有日文假名。")[0] == "other", "kanji without kana"
     assert detect_language("12345 !!!")[0] == "other"
+    lang, score = detect_language(EN)
+    assert lang == "en" and 0.5 < score <= 1.0
 
 
 def test_ad_lines_removed_and_counted():

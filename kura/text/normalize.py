@@ -12,6 +12,8 @@ import unicodedata
 
 import ftfy
 
+from kura.text.langid import identify
+
 _BLANK_RUNS = re.compile(r"\n{3,}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls except tab and newlines, and DEL
 _TRAILING = re.compile(r"[ \t\u3000]+\n")
@@ -49,18 +51,6 @@ def script_counts(text: str) -> dict[str, int]:
     return c
 
 
-def detect_language(text: str, ja_min_fraction: float = 0.3, en_min_fraction: float = 0.8) -> tuple[str, float]:
-    """(language, score) from script ratios: 'ja' when Japanese script is at least `ja_min_fraction` of the
-    letters (Japanese pages carry Latin words), 'en' when ASCII letters are at least `en_min_fraction`, else
-    'other'. Issue 3 replaces this with a trained language-id model; the signature stays."""
-    c = script_counts(text)
-    letters = sum(c.values())
-    if letters == 0:
-        return "other", 0.0
-    ja = (c["hiragana"] + c["katakana"] + c["kanji"]) / letters
-    en = c["latin"] / letters
-    if ja >= ja_min_fraction:
-        return "ja", round(ja, 4)
-    if en >= en_min_fraction:
-        return "en", round(en, 4)
-    return "other", round(max(ja, en), 4)
+def detect_language(text: str, ja_min_fraction: float = 0.3) -> tuple[str, float]:
+    """(language, score): 'ja', 'en' or 'other' (see kura.text.langid)."""
+    return identify(text, script_counts(text), ja_min_fraction)
