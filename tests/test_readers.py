@@ -83,3 +83,32 @@ def test_default_corpus_is_deterministic_and_has_defects(tmp_path):
     assert len(docs) - len(set(docs)) > 100, "exact duplicates"
     assert any("送料無料" in d for d in docs) and any(len(d) > 20000 for d in docs) and "" in docs
     assert any("ã" in d for d in docs), "mojibake"
+
+
+def _warc_record(rtype: bytes, body: bytes, uri: bytes = b"http://example.invalid/a") -> bytes:
+    return (b"WARC/1.0\r\nWARC-Type: " + rtype + b"\r\nWARC-Record-ID: <urn:uuid:12345678-1234-1234-1234-123456789012>"
+            b"\r\nWARC-Date: 2024-01-01T00:00:00Z\r\nWARC-Target-URI: " + uri + b"\r\nContent-Type: application/http;"
+            b" msgtype=" + rtype + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body + b"\r\n\r\n")
+
+
+def test_warc_pages_with_charsets_and_every_record_accounted(tmp_path):
+    page = "<html><body><nav>ホーム | 戻る</nav><article><p>これは日本語の本文です。東京の歴史について説明します。</p>" \
+           "</article></body></html>"
+    sjis = b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=shift_jis\r\n\r\n" + page.encode("shift_jis")
+    eucjp = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n" + page.encode("euc_jp")  # no charset: detected
+    image = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n\r\n\x89PNG\x00\x01"
+    data = (_warc_record(b"response", sjis) + _warc_record(b"request", b"GET / HTTP/1.1\r\n\r\n")
+            + _warc_record(b"response", eucjp) + _warc_record(b"response", image) + _warc_record(b"response", sjis))
+    p = tmp_path / "crawl.warc.gz"
+    p.write_bytes(gzip.compress(data[:-60]))  # the last record is cut short
+    docs, rej = items(p)
+    assert [d.text for d in docs] == ["これは日本語の本文です。東京の歴史について説明します。"] * 2
+    assert docs[0].orig_id == "http://example.invalid/a"
+    assert sorted(r.reason for r in rej) == ["not_a_page", "not_html", "truncated_record"]
+
+
+def test_html_in_a_legacy_japanese_encoding(tmp_path):
+    p = tmp_path / "old.html"
+    p.write_bytes("<html><head><meta charset='euc-jp'></head><body><p>昔のページの本文です。</p></body></html>"
+                  .encode("euc_jp"))
+    assert items(p)[0][0].text == "昔のページの本文です。"

@@ -4,8 +4,8 @@ Why generated: the project ships no data and downloads none, yet the demo must e
 text has. The generator plants them at known rates: exact and near duplicates (also across files), ad and
 boilerplate lines (送料無料, 今すぐクリック, "Click here"), very short and very long documents, mixed-language
 documents, mojibake (UTF-8 read as cp1252), runs of empty lines and empty documents. Size at the defaults:
-3,000 documents, ~1.5 MB of text, in four record files (.jsonl ×2, .jsonl.gz, .parquet) plus one .html page
-and one .txt file (one document each, as such files are in real crawls).
+3,000 documents, ~1.5 MB of text, in four record files (.jsonl ×2, .jsonl.gz, .parquet), one .html page, one .txt
+file, and a small WARC crawl (40 pages, half Shift_JIS, with their request records).
 Same seed → byte-identical files.
 """
 from __future__ import annotations
@@ -180,4 +180,32 @@ def write_default_corpus(out_dir: str | Path, cfg: DefaultCorpusConfig = Default
         tmp.write_text(text, encoding="utf-8")
         tmp.rename(path)
         paths.append(path)
+    paths.append(_write_warc(out / "crawl-00.warc.gz", r))
     return paths
+
+
+def _write_warc(path: Path, r: random.Random, n_pages: int = 40) -> Path:
+    """A small crawl: HTML pages with navigation and footer boilerplate, half of them served as Shift_JIS (as
+    many Japanese sites still are), plus the request records a crawler writes."""
+    out = bytearray()
+    for i in range(n_pages):
+        ja = i % 4 != 3
+        body_text = _paragraphs(r, _ja_sentence if ja else _en_sentence, r.randint(1, 3), "" if ja else " ")
+        html = ("<html><head><title>page</title></head><body><nav>ホーム | 戻る | 次へ</nav><article>"
+                + "".join(f"<p>{p}</p>" for p in body_text.split("\n\n"))
+                + f"</article><footer>{r.choice(AD_LINES)}</footer></body></html>")
+        charset = "shift_jis" if i % 2 else "utf-8"
+        payload = (f"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset={charset}\r\n\r\n".encode()
+                   + html.encode(charset))
+        uri = f"https://example.invalid/crawl/{i}".encode()
+        for rtype, block in ((b"request", b"GET /crawl HTTP/1.1\r\nHost: example.invalid\r\n\r\n"),
+                             (b"response", payload)):
+            out += (b"WARC/1.0\r\nWARC-Type: " + rtype + b"\r\nWARC-Record-ID: <urn:uuid:00000000-0000-0000-0000-"
+                    + f"{2 * i + (rtype == b'response'):012d}".encode() + b">\r\nWARC-Date: 2026-11-01T00:00:00Z\r\n"
+                    b"WARC-Target-URI: " + uri + b"\r\nContent-Type: application/http; msgtype=" + rtype
+                    + b"\r\nContent-Length: " + str(len(block)).encode() + b"\r\n\r\n" + block + b"\r\n\r\n")
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.GzipFile(tmp, "wb", mtime=0) as f:
+        f.write(bytes(out))
+    tmp.rename(path)
+    return path
