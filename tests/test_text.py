@@ -77,3 +77,22 @@ def test_gx_suite_passes_clean_and_fails_bad_shards():
     assert not r.success
     assert {"expect_column_values_to_be_unique", "expect_column_values_to_be_in_set",
             "expect_column_values_to_not_match_regex"} <= set(r.failed)
+
+
+def test_japanese_aware_rules():
+    from kura.text.filters import is_navigation_line
+
+    assert is_navigation_line("ホーム | 戻る | 次へ") and is_navigation_line("Home › News › 2024")
+    assert not is_navigation_line("東京 | 大阪の歴史について長い説明をする文です。これは本文。")
+    docs = [
+        JA,                                                              # prose: kept
+        "東京ホテル 格安予約 キャンペーン セール ランキング 口コミ 人気 ベスト 最安値 比較",  # keyword spam
+        "\n".join(["東京の歴史と文化について", "大阪の食べ物と料理の話題", "京都の寺と神社の写真集",
+                   "名古屋の鉄道と駅の案内", "福岡の祭りと季節の行事"]),  # headings, no sentences
+        "\n".join(f"・項目{i}の説明です。" for i in range(12)),                  # bullets
+        "ホーム | 戻る | 次へ\n" + JA,                                        # nav line removed, kept
+    ]
+    res = clean_documents([{"doc_id": str(i), "text": t, "source": "s"} for i, t in enumerate(docs)], CleanConfig())
+    assert {r["doc_id"]: r["reason"] for r in res.rejected} == {
+        "1": "ja_low_hiragana", "2": "ja_few_sentence_ends", "3": "bullet_list"}
+    assert [d["text"] for d in res.kept] == [JA, JA] and res.stats["navigation_lines_removed"] == 1

@@ -1,18 +1,20 @@
 """Rule filters for web text. Every filter is a function `(text) -> (keep, reason)`; `clean_documents` applies
 them in order and counts the first failing reason per document.
 
-Defaults are deliberately permissive for Japanese: English-tuned rules (words per sentence, alpha ratios on
-space-separated tokens) drop almost all Japanese pages, so the length limits here count characters.
+Defaults are adapted to Japanese: English-tuned rules (words per sentence, alpha ratios on space-separated tokens —
+Gopher, C4) drop almost all Japanese pages, so lengths count characters, and the Japanese-specific rules look at
+what Japanese prose has and spam lacks: hiragana (particles and inflections) and sentence-final punctuation (。).
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from pydantic import BaseModel, Field, model_validator
 
-from kura.text.normalize import detect_language, normalize_text
+from kura.text.normalize import detect_language, normalize_text, script_counts
 
 DEFAULT_AD_PHRASES = ["送料無料", "今すぐクリック", "【公式】", "カートに入れる", "ポイント10倍", "今すぐ購入",
                       "click here", "buy now", "free shipping", "cookie settings", "privacy policy"]
@@ -33,6 +35,15 @@ class CleanConfig(BaseModel):
     max_replacement_char_fraction: float = Field(
         0.0, description="Drop a document when more than this fraction of its characters are U+FFFD (bytes that "
                          "were lost in a bad decode and that ftfy cannot restore).")
+    min_hiragana_fraction: float = Field(
+        0.1, description="Japanese documents: minimum share of hiragana among letters. Running Japanese prose is "
+                         "~30–50% hiragana; keyword spam and kanji/katakana lists have almost none.")
+    min_sentence_end_fraction: float = Field(
+        0.3, description="Japanese documents: minimum share of lines (over 10 characters) ending like a sentence "
+                         "(。！？」』)…). Menus, tag clouds and tables fail it.")
+    max_bullet_line_fraction: float = Field(0.9, description="Drop documents whose lines are nearly all bullets.")
+    remove_navigation_lines: bool = Field(True, description="Remove lines made of short items separated by | or ・ "
+                                                            "(ホーム | 戻る | 次へ), which extraction keeps.")
     languages: list[str] = Field(default_factory=lambda: ["ja", "en"],
                                  description="Languages to keep (others are quarantined with reason language:<id>).")
     repair_mojibake: bool = Field(True, description="Repair UTF-8-read-as-cp1252 mojibake with ftfy before filtering.")
@@ -41,7 +52,8 @@ class CleanConfig(BaseModel):
     def _check(self) -> "CleanConfig":
         if not 0 <= self.min_chars < self.max_chars:
             raise ValueError(f"need 0 <= min_chars < max_chars, got {self.min_chars}, {self.max_chars}")
-        for name in ("max_boilerplate_line_fraction", "max_duplicate_line_fraction", "max_replacement_char_fraction"):
+        for name in ("max_boilerplate_line_fraction", "max_duplicate_line_fraction", "max_replacement_char_fraction",
+                     "min_hiragana_fraction", "min_sentence_end_fraction", "max_bullet_line_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
         return self
@@ -62,6 +74,28 @@ def strip_ad_lines(text: str, phrases: Iterable[str]) -> tuple[str, int, int]:
     nonblank = sum(1 for ln in lines if ln.strip())
     kept = [ln for ln in lines if not any(p in ln.lower() for p in lowered)]
     return "\n".join(kept).strip(), len(lines) - len(kept), nonblank
+
+
+_NAV_SPLIT = re.compile(r"\s*[|｜・>›»/]\s*")
+_SENTENCE_END = ("。", "！", "？", "!", "?", "」", "』", "）", ")", "…", ".")
+_BULLETS = ("・", "•", "●", "■", "◆", "-", "*", "※", "→")
+
+
+def is_navigation_line(line: str) -> bool:
+    """'ホーム | 戻る | 次へ', 'Home › News › 2024': three or more short items joined by separators."""
+    parts = [p for p in _NAV_SPLIT.split(line.strip()) if p]
+    return len(parts) >= 3 and max(len(p) for p in parts) <= 12 and len(_NAV_SPLIT.findall(line)) >= 2
+
+
+def line_stats(text: str) -> tuple[float, float]:
+    """(share of lines over 10 characters ending like a sentence, share of bullet lines)."""
+    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+    if not lines:
+        return 0.0, 0.0
+    long_lines = [ln for ln in lines if len(ln) > 10]
+    ends = sum(ln.endswith(_SENTENCE_END) for ln in long_lines) / len(long_lines) if long_lines else 1.0
+    bullets = sum(ln.startswith(_BULLETS) for ln in lines) / len(lines)
+    return ends, bullets
 
 
 def duplicate_line_fraction(text: str) -> float:
@@ -85,6 +119,11 @@ def clean_documents(docs: Iterable[dict], cfg: CleanConfig) -> CleanResult:
         res.stats["mojibake_repaired"] += repaired
         text, removed, nonblank = strip_ad_lines(text, cfg.ad_phrases)
         res.stats["ad_lines_removed"] += removed
+        if cfg.remove_navigation_lines:
+            lines = text.split("\n")
+            kept_lines = [ln for ln in lines if not is_navigation_line(ln)]
+            res.stats["navigation_lines_removed"] += len(lines) - len(kept_lines)
+            text = "\n".join(kept_lines).strip()
         reason = None
         if not text:
             reason = "boilerplate" if removed else "empty"
@@ -101,6 +140,16 @@ def clean_documents(docs: Iterable[dict], cfg: CleanConfig) -> CleanResult:
         lang, score = detect_language(text) if text else ("other", 0.0)
         if reason is None and lang not in cfg.languages:
             reason = f"language:{lang}"
+        if reason is None:
+            ends, bullets = line_stats(text)
+            if bullets > cfg.max_bullet_line_fraction:
+                reason = "bullet_list"
+            elif lang == "ja":
+                c = script_counts(text)
+                if c["hiragana"] / max(1, sum(c.values())) < cfg.min_hiragana_fraction:
+                    reason = "ja_low_hiragana"
+                elif ends < cfg.min_sentence_end_fraction:
+                    reason = "ja_few_sentence_ends"
         if reason:
             res.drops[reason] += 1
             res.rejected.append({"doc_id": d["doc_id"], "source": d["source"], "reason": reason,
