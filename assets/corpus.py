@@ -163,7 +163,8 @@ def deduplicated(context: dg.AssetExecutionContext, config: DedupConfig, cleaned
         state, reused = None, []
         if previous is not None and "shard_versions" in previous:
             prev_dir = st.local_dir(previous["dir"])
-            cand = incremental.DedupState(mh_cfg, config.near_duplicates, previous["shard_versions"])
+            cand = incremental.DedupState(mh_cfg, config.near_duplicates, previous["shard_versions"],
+                                          previous.get("minhash_algorithm", "unknown"))
             if cand.compatible(mh_cfg, config.near_duplicates, versions):
                 state = incremental.DedupState.from_rows(mh_cfg, config.near_duplicates, previous["shard_versions"],
                                                          pq.read_table(prev_dir / "index.parquet").to_pylist())
@@ -200,7 +201,8 @@ def deduplicated(context: dg.AssetExecutionContext, config: DedupConfig, cleaned
                 "duplicates_by_reason": dict(dups_by_reason), "kept_by_shard": kept_by_shard,
                 "kept_by_lang": dict(Counter(docs.column("lang").to_pylist())),
                 "chars": int(pa.compute.sum(docs.column("n_chars")).as_py() or 0),
-                "shard_versions": {pk: versions[pk] for pk in order}, "shard_order": order, "shard_files": files}
+                "shard_versions": {pk: versions[pk] for pk in order}, "shard_order": order, "shard_files": files,
+                "minhash_algorithm": state.algorithm}
         write_json(stage / "stats.json", info)
         return info
 

@@ -89,3 +89,14 @@ def test_dedup_asset_processes_only_new_shards(tmp_path):
     assert (second["shards"], second["shards_reused"], second["shards_processed"]) == (3, 2, 1)
     assert second["kept_by_shard"]["web-00.jsonl"] == first["kept_by_shard"]["web-00.jsonl"]
     assert second["documents_in"] == second["kept"] + second["duplicates"]
+
+
+def test_batch_shingling_equals_per_document_shingling():
+    h = MinHasher(MinHashConfig())
+    texts = ["東京の歴史について学びました。", "", "abc", "Hello, World! " * 30, "ティップ"]
+    flat, offsets = h.shingle_batch(texts)
+    for i, t in enumerate(texts):
+        got = np.unique(flat[int(offsets[i]): int(offsets[i + 1])])
+        want = h.shingles(t) if normalize_for_shingles(t) else np.zeros(1, np.uint64)
+        assert np.array_equal(got, want), t
+    assert np.array_equal(h.signatures(texts)[3], h.signature(texts[3]))

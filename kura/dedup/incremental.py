@@ -15,6 +15,7 @@ import numpy as np
 
 from kura.dedup.exact import ExactDeduper, dedup_key
 from kura.dedup.minhash import LSHIndex, MinHashConfig, MinHasher
+from kura.dedup.minhash import algorithm as minhash_algorithm
 
 
 @dataclass
@@ -22,6 +23,7 @@ class DedupState:
     cfg: MinHashConfig
     near: bool
     shard_versions: dict[str, str] = field(default_factory=dict)
+    algorithm: str = field(default_factory=lambda: minhash_algorithm())
     exact: ExactDeduper = field(default_factory=ExactDeduper)
     index: LSHIndex | None = None
 
@@ -30,7 +32,7 @@ class DedupState:
             self.index = LSHIndex(self.cfg)
 
     def compatible(self, cfg: MinHashConfig, near: bool, shard_versions: dict[str, str]) -> bool:
-        return (self.cfg == cfg and self.near == near
+        return (self.cfg == cfg and self.near == near and self.algorithm == minhash_algorithm()
                 and all(shard_versions.get(k) == v for k, v in self.shard_versions.items()))
 
     def to_rows(self) -> list[dict]:
@@ -41,8 +43,9 @@ class DedupState:
                 for key, doc_id in self.exact.seen.items()]
 
     @classmethod
-    def from_rows(cls, cfg: MinHashConfig, near: bool, shard_versions: dict[str, str], rows: list[dict]):
-        st = cls(cfg, near, dict(shard_versions))
+    def from_rows(cls, cfg: MinHashConfig, near: bool, shard_versions: dict[str, str], rows: list[dict],
+                  algorithm: str | None = None):
+        st = cls(cfg, near, dict(shard_versions), algorithm or minhash_algorithm())
         st.exact.seen = {bytes.fromhex(r["exact_key"]): r["doc_id"] for r in rows}
         with_sig = [r for r in rows if r["signature"] is not None]
         st.index = LSHIndex.from_arrays(cfg, [r["doc_id"] for r in with_sig],
@@ -54,13 +57,13 @@ class DedupState:
 def dedup_shard(state: DedupState, hasher: MinHasher, rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """One shard against everything seen so far; returns (kept, duplicates with reason and duplicate_of)."""
     kept, dups = [], []
-    for r in rows:
+    sigs = hasher.signatures([r["text"] for r in rows]) if state.near else [None] * len(rows)
+    for r, sig in zip(rows, sigs):
         first = state.exact.check(r["doc_id"], r["text"])
         if first is not None:
             dups.append({**r, "reason": "exact_duplicate", "duplicate_of": first, "similarity": 1.0})
             continue
         if state.near:
-            sig = hasher.signature(r["text"])
             keys = hasher.band_keys(sig)
             hit = state.index.query(keys, sig)
             if hit is not None:
