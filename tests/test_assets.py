@@ -32,7 +32,7 @@ def bad_corpus(tmp_path):
     (d / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
     os.symlink(d / "gone", d / "unreadable.jsonl")
     (d / "bad.txt").write_bytes(b"\xff\xfe\xfa")
-    (d / "replacement.jsonl").write_text(json.dumps({"text": JA + "\ufffd"}) + "\n")
+    (d / "replacement.jsonl").write_text(json.dumps({"text": JA[:20] + "\ufffd" + JA[20:]}) + "\n")
     return d
 
 
