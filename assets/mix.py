@@ -175,7 +175,6 @@ def _report_asset(mix) -> dg.AssetsDefinition:
     def _report(context: dg.AssetExecutionContext, storage: StorageResource, **phases) -> dg.Output:
         """Tokens per source per phase: a table in metadata and a stacked-bar picture."""
         import base64
-        import io
 
         import matplotlib
         matplotlib.use("Agg")
