@@ -1,0 +1,34 @@
+"""Level 2: the corpus sensor adds a partition per new file and requests its ingest; the nightly schedule asks for
+the day that just ended."""
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+
+from kura.corpus.default import DefaultCorpusConfig, write_default_corpus
+from pipelines.definitions import corpus_files_sensor, synthetic_nightly
+from resources import CorpusResource
+
+
+def test_corpus_sensor_registers_each_new_file_once(tmp_path):
+    write_default_corpus(tmp_path / "corpus", DefaultCorpusConfig(n_docs=50))
+    corpus = CorpusResource(path=str(tmp_path / "corpus"))
+    instance = dg.DagsterInstance.ephemeral()
+    ctx = dg.build_sensor_context(instance=instance, resources={"corpus": corpus})
+    first = corpus_files_sensor(ctx)
+    files = corpus.list_files()
+    assert sorted(r.partition_key for r in first.run_requests) == files
+    assert first.dynamic_partitions_requests[0].partition_keys == files
+    instance.add_dynamic_partitions("corpus_files", files)
+    (tmp_path / "corpus" / "new.jsonl").write_text('{"text": "新しいファイルの文書です。"}\n')
+    second = corpus_files_sensor(dg.build_sensor_context(instance=instance, resources={"corpus": corpus}))
+    assert [r.partition_key for r in second.run_requests] == ["new.jsonl"]
+    assert second.run_requests[0].run_key == "new.jsonl"
+
+
+def test_nightly_schedule_generates_the_day_that_ended():
+    ctx = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 22, 2, 0, tzinfo=dt.timezone.utc))
+    reqs = list(synthetic_nightly.evaluate_tick(ctx).run_requests)
+    assert [r.partition_key for r in reqs] == ["2026-11-21"]
+    assert synthetic_nightly.cron_schedule == "0 2 * * *"
