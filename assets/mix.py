@@ -43,9 +43,14 @@ def packed_key(phase: str) -> dg.AssetKey:
     return dg.AssetKey(["packed_dataset", phase])
 
 
-def build_mix_assets(spec_path: str | Path) -> list[dg.AssetsDefinition]:
+def load_mix_spec(spec_path: str | Path) -> spec_mod.MixSpec:
+    """Load and validate a mix YAML; a bad mix fails when the definitions load, with its file name."""
+    return spec_mod.load_mix(spec_path, known_sources=MIX_SOURCES)
+
+
+def build_mix_assets(spec_path: str | Path, mix: spec_mod.MixSpec | None = None) -> list[dg.AssetsDefinition]:
     spec_path = Path(spec_path)
-    mix = spec_mod.load_mix(spec_path, known_sources=MIX_SOURCES)  # a bad mix fails at load time, with its name
+    mix = mix or load_mix_spec(spec_path)
     assets: list[dg.AssetsDefinition] = []
     for i, phase in enumerate(mix.phases):
         prev = mix.phases[i - 1].name if i and phase.replay_fraction > 0 else None
@@ -81,10 +86,7 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
 
         def build(stage):
             tok = SpmTokenizer(st.local_dir(tok_m["dir"]) / "tokenizer.model")
-            if phase.sequence_length > tok.model_max_length:
-                raise spec_mod.MixError(f"mix {mix.name}: phase {phase.name!r}: sequence_length "
-                                        f"{phase.sequence_length} exceeds the tokenizer's model_max_length "
-                                        f"{tok.model_max_length}")
+            spec_mod.check_sequence_length(mix.name, phase, tok.model_max_length)
             sources = {"deduplicated": resolve.SourceDocs("deduplicated", {"all": ded["version"]},
                                                           corpus_rows(st, ded)),
                        "synthetic": resolve.SourceDocs("synthetic", {k: v["version"] for k, v in syn.items()},

@@ -12,11 +12,10 @@ import dagster as dg
 
 from assets.corpus import cleaned, corpus_partitions, deduplicated, raw_corpus
 from assets.evaluation import build_eval_perplexity
-from assets.mix import build_mix_assets
+from assets.mix import build_mix_assets, load_mix_spec
 from assets.synthetic import daily_partitions, synthetic, teacher_model
 from assets.tokenizer import tokenizer
 from assets.train import build_base_model
-from kura.mix.spec import load_mix
 from pipelines.settings import Settings
 from resources import CorpusResource, GeneratorResource, ManifestIOManager, StorageResource
 
@@ -68,10 +67,11 @@ def corpus_files_sensor(context: dg.SensorEvaluationContext, corpus: CorpusResou
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     s = settings or Settings.from_env()
-    phases = [p.name for p in load_mix(s.mix_file).phases]
+    mix = load_mix_spec(s.mix_file)
+    phases = [p.name for p in mix.phases]
     return dg.Definitions(
         assets=[raw_corpus, cleaned, deduplicated, teacher_model, synthetic, tokenizer,
-                *build_mix_assets(s.mix_file), build_base_model(phases), build_eval_perplexity(phases)],
+                *build_mix_assets(s.mix_file, mix), build_base_model(phases), build_eval_perplexity(phases)],
         jobs=[ingest_job, curate_job, synthetic_job, model_job],
         schedules=[synthetic_nightly],
         sensors=[corpus_files_sensor,

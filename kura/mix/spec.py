@@ -157,10 +157,16 @@ def load_mix(path: str | Path, known_sources: set[str] | None = None,
             if known_sources is not None and s.source not in known_sources:
                 raise MixError(f"mix {path.name}: phase {p.name!r}: source {s.source!r} does not exist "
                                f"(known: {', '.join(sorted(known_sources))})")
-        if max_sequence_length is not None and p.sequence_length > max_sequence_length:
-            raise MixError(f"mix {path.name}: phase {p.name!r}: sequence_length {p.sequence_length} exceeds the "
-                           f"tokenizer's model_max_length {max_sequence_length}")
+        if max_sequence_length is not None:
+            check_sequence_length(path.name, p, max_sequence_length)
     return spec
+
+
+def check_sequence_length(where: str, phase: MixPhase, max_sequence_length: int) -> None:
+    """A phase may not ask for longer sequences than the tokenizer (and the models using it) declare."""
+    if phase.sequence_length > max_sequence_length:
+        raise MixError(f"mix {where}: phase {phase.name!r}: sequence_length {phase.sequence_length} exceeds the "
+                       f"tokenizer's model_max_length {max_sequence_length}")
 
 
 def _where(raw, loc) -> str:
