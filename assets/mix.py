@@ -22,6 +22,7 @@ from assets._common import output, read_parquet, run_versioned, source_version, 
 from assets.automation import EAGER, ON_EDIT_OR_EAGER
 from assets.tokenizer import corpus_rows, synthetic_rows
 from kura.pack.phase import pack_phase
+from kura.text.quality_model import QualityClassifier
 from kura.tokenize.spm import SpmTokenizer
 from resources import StorageResource
 
@@ -71,6 +72,8 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
            "tokenizer": dg.AssetIn("tokenizer")}
     if prev:
         ins["previous_phase"] = dg.AssetIn(key=mix_key(prev))
+    if any(s.uses_quality for s in phase.sources):
+        ins["quality_classifier"] = dg.AssetIn("quality_classifier")
     budget = ", ".join(f"{s.label}={s.weight:g}" if s.weight is not None else f"{s.label}={s.tokens} tokens"
                        for s in phase.sources)
 
@@ -83,6 +86,7 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
         st = storage.get()
         ded, syn, tok_m = inputs["deduplicated"], inputs["synthetic"], inputs["tokenizer"]
         prev_m = inputs.get("previous_phase")
+        qc_m = inputs.get("quality_classifier")
 
         def build(stage):
             tok = SpmTokenizer(st.local_dir(tok_m["dir"]) / "tokenizer.model")
@@ -96,8 +100,9 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
                 pool = read_parquet(st, prev_m, "selection.parquet").to_pylist()
                 prev_docs = {(d["source"], d["doc_id"]): d
                              for d in read_parquet(st, prev_m, "documents.parquet").to_pylist()}
+            quality = QualityClassifier.load(st.local_dir(qc_m["dir"])).scores if qc_m else None
             rows, summary, docs_by_label = resolve.resolve_phase(
-                mix, phase, sources, lambda texts: [len(x) for x in tok.encode_batch(texts)], pool)
+                mix, phase, sources, lambda texts: [len(x) for x in tok.encode_batch(texts)], pool, quality)
             docs = resolve.selected_documents(phase, rows, docs_by_label, prev_docs)
             write_parquet(stage / "selection.parquet", [{"replay_of": None, **r} for r in rows], SELECTION_SCHEMA)
             write_parquet(stage / "documents.parquet", docs, MIX_DOCS_SCHEMA)
@@ -107,7 +112,8 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
             write_json(stage / "mix.json", {**spec, **summary})
             return {"summary": summary, **spec}
 
-        upstream = {"deduplicated": ded, "synthetic": syn, "tokenizer": tok_m, "previous_phase": prev_m}
+        upstream = {"deduplicated": ded, "synthetic": syn, "tokenizer": tok_m, "previous_phase": prev_m,
+                    "quality_classifier": qc_m}
         m, reused = run_versioned(context, st, config=json.loads(_phase_version_text(mix, phase)),
                                   upstream=upstream, build=build)
         return output(m, reused, mix=mix.name, phase=phase.name, tokens_selected=m["summary"]["tokens_selected"],

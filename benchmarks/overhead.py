@@ -39,7 +39,10 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     from kura.synth.recipes import QADialogueRecipe
     from kura.synth.shard import generate_shard, pick_documents, teacher_examples
     from kura.synth.teacher import TeacherConfig, train_teacher
+    from assets.quality import BAD_KINDS, GOOD_KINDS, QualityClassifierConfig, QualityExamplesConfig
+    from kura.corpus.default import DefaultCorpusConfig, generate_labelled
     from kura.text.filters import CleanConfig, clean_documents
+    from kura.text.quality_model import QualityClassifier, QualityModelConfig
     from kura.tokenize.spm import SpmTokenizer, TokenizerConfig, train_sentencepiece
     from kura.train.local import TrainConfig, load_checkpoint, train_local
     from kura.train.model import GPTConfig
@@ -73,12 +76,19 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     train_sentencepiece({k: [r["text"] for r in rows if not is_heldout(r["doc_id"], 0.02)]
                          for k, rows in (("deduplicated", ded), ("synthetic", syn))}, out / "tok", TokenizerConfig())
     tok = SpmTokenizer(out / "tok" / "tokenizer.model")
+    qe, qcfg = QualityExamplesConfig(), QualityClassifierConfig()
+    ex = [(t, lab["kind"] in GOOD_KINDS) for t, lab in generate_labelled(
+        DefaultCorpusConfig(seed=qe.generated_seed, n_docs=qe.generated_docs))
+        if t.strip() and lab["kind"] in GOOD_KINDS + BAD_KINDS]
+    train_ex = [e for i, e in enumerate(ex) if i % qcfg.heldout_every]
+    quality = QualityClassifier.train([t for t, g in train_ex if g], [t for t, g in train_ex if not g],
+                                      QualityModelConfig(**qcfg.model_dump(exclude={"heldout_every"})))
     mix = load_mix(Path(__file__).resolve().parents[1] / "pipelines" / "mixes" / "default.yaml")
     sources = {"deduplicated": SourceDocs("deduplicated", {}, ded), "synthetic": SourceDocs("synthetic", {}, syn)}
     packed_dirs, prev_rows, prev_docs = [], [], {}
     for phase in mix.phases:
         sel, _, by_label = resolve_phase(mix, phase, sources, lambda ts: [len(x) for x in tok.encode_batch(ts)],
-                                         prev_rows if phase.replay_fraction else None)
+                                         prev_rows if phase.replay_fraction else None, quality.scores)
         docs = selected_documents(phase, sel, by_label, prev_docs)
         pk = out / f"packed_{phase.name}"
         pk.mkdir()

@@ -13,6 +13,7 @@ import dagster as dg
 from assets.corpus import cleaned, corpus_partitions, deduplicated, raw_corpus
 from assets.evaluation import build_eval_perplexity
 from assets.mix import build_mix_assets, load_mix_spec
+from assets.quality import quality_classifier, quality_examples
 from assets.synthetic import daily_partitions, synthetic, teacher_model
 from assets.tokenizer import tokenizer
 from assets.train import build_base_model
@@ -20,7 +21,7 @@ from pipelines.settings import Settings
 from resources import CorpusResource, GeneratorResource, ManifestIOManager, StorageResource
 
 INGEST = ["raw_corpus", "cleaned"]
-CURATE = ["deduplicated", "teacher_model"]
+CURATE = ["deduplicated", "teacher_model", "quality_examples", "quality_classifier"]
 SYNTH = ["synthetic"]
 MODEL = dg.AssetSelection.assets("tokenizer", "base_model", "eval_perplexity", "mix_report") | \
     dg.AssetSelection.key_prefixes(["data_mix"], ["packed_dataset"])
@@ -45,7 +46,8 @@ def build_resources(s: Settings) -> dict:
 
 ingest_job = dg.define_asset_job("ingest_job", selection=INGEST, partitions_def=corpus_partitions,
                                  description="Read and clean one corpus file (one partition).")
-curate_job = dg.define_asset_job("curate_job", selection=CURATE, description="Dedup across shards; train the teacher.")
+curate_job = dg.define_asset_job("curate_job", selection=CURATE,
+                                 description="Dedup across shards; train the teacher and the quality classifier.")
 synthetic_job = dg.define_asset_job("synthetic_job", selection=SYNTH, partitions_def=daily_partitions,
                                     description="Generate one day's synthetic shard.")
 model_job = dg.define_asset_job("model_job", selection=MODEL,
@@ -70,7 +72,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     mix = load_mix_spec(s.mix_file)
     phases = [p.name for p in mix.phases]
     return dg.Definitions(
-        assets=[raw_corpus, cleaned, deduplicated, teacher_model, synthetic, tokenizer,
+        assets=[raw_corpus, cleaned, deduplicated, teacher_model, quality_examples, quality_classifier, synthetic,
+                tokenizer,
                 *build_mix_assets(s.mix_file, mix), build_base_model(phases), build_eval_perplexity(phases)],
         jobs=[ingest_job, curate_job, synthetic_job, model_job],
         schedules=[synthetic_nightly],

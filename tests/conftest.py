@@ -30,6 +30,7 @@ warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
 # tiny budgets for the whole-graph test: ~1 minute of CPU, most of it vLLM's start-up
 TINY_OPS = {
     "teacher_model": {"steps": 150, "max_examples": 500},
+    "quality_examples": {"generated_docs": 1500},
     "synthetic": {"docs_per_day": 32, "max_tokens": 64},
     "tokenizer": {"vocab_size": 800},
     "base_model": {"train": {"train_steps": 20, "micro_batch_size": 8, "warmup_steps": 2}},
@@ -37,7 +38,8 @@ TINY_OPS = {
 }
 TINY_MIX = {"name": "tiny", "phases": [
     {"name": "web", "sequence_length": 64, "total_tokens": 30000, "heldout_fraction": 0.1,
-     "sources": [{"source": "deduplicated", "weight": 0.97}, {"source": "synthetic", "weight": 0.03, "max_epochs": 8}]},
+     "sources": [{"source": "deduplicated", "weight": 0.97, "min_quality": 0.3},
+                 {"source": "synthetic", "weight": 0.03, "max_epochs": 8}]},
     {"name": "instruct", "sequence_length": 128, "replay_fraction": 0.2, "heldout_fraction": 0.1,
      "sources": [{"source": "synthetic", "tokens": 3000, "max_epochs": 8, "chat_template": "plain",
                   "loss_mask": "assistant_only"}]},

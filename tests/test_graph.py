@@ -13,7 +13,8 @@ from tests.conftest import TINY_OPS, write_mix
 
 PARTITIONED = ("raw_corpus", "cleaned", "synthetic")
 PHASED = ("data_mix", "packed_dataset")
-SINGLE = ("deduplicated", "teacher_model", "tokenizer", "base_model", "eval_perplexity", "mix_report")
+SINGLE = ("deduplicated", "teacher_model", "quality_examples", "quality_classifier", "tokenizer", "base_model",
+          "eval_perplexity", "mix_report")
 PHASES = ("web", "instruct")
 
 
@@ -68,7 +69,10 @@ def test_synthetic_shard_generated_by_vllm(graph):
 def test_mix_phases_pin_versions_budgets_and_replay(graph):
     web, ins = graph.out["data_mix"]["web"], graph.out["data_mix"]["instruct"]
     s = web["summary"]["sources"]
-    assert s["deduplicated"]["upstream_versions"] == {"all": graph.out["deduplicated"]["version"]}
+    assert set(s) == {"deduplicated[q0.3-1]", "synthetic"}, "the quality bucket is part of the source label"
+    assert s["deduplicated[q0.3-1]"]["quality_bucket"] == [0.3, None]
+    assert s["deduplicated[q0.3-1]"]["upstream_versions"] == {"all": graph.out["deduplicated"]["version"]}
+    assert s["deduplicated[q0.3-1]"]["documents_available"] <= graph.out["deduplicated"]["kept"]
     assert s["synthetic"]["upstream_versions"] == {graph.day: graph.out["synthetic"][graph.day]["version"]}
     assert abs(web["summary"]["tokens_selected"] - 30000) < 1000
     si = ins["summary"]["sources"]
@@ -82,13 +86,14 @@ def test_packed_dataset_reads_back_with_megatron(graph):
 
     p = graph.out["packed_dataset"]["web"]
     blend = json.loads((Path(p["uri"]) / "blend.json").read_text())["train"]
-    assert set(blend[1::2]) == {"train_deduplicated", "train_synthetic"}
+    assert set(blend[1::2]) == {"train_deduplicated_q0.3-1", "train_synthetic"}
     assert math.isclose(sum(map(float, blend[0::2])), 1.0, abs_tol=1e-4)
-    ds = IndexedDataset(str(Path(p["uri"]) / "train_deduplicated"))
-    assert len(ds) == p["train"]["deduplicated"]["sequences"] > 0
+    ds = IndexedDataset(str(Path(p["uri"]) / "train_deduplicated_q0.3-1"))
+    ded = p["train"]["deduplicated[q0.3-1]"]
+    assert len(ds) == ded["sequences"] > 0
     assert all(len(ds[i]) == 65 for i in range(len(ds)))
     assert int(np.max(ds[0])) < p["vocab_size"]
-    assert p["train"]["deduplicated"]["fitting_documents_split"] == 0
+    assert ded["fitting_documents_split"] == 0
     ins = graph.out["packed_dataset"]["instruct"]
     t = ins["train"]["synthetic"]
     assert 0 < t["loss_tokens"] < t["real_tokens"], "prompt tokens carry no loss"
@@ -109,6 +114,11 @@ def test_checkpoint_describes_itself_and_eval_is_sane(graph):
     for langs in ppl.values():
         for v in langs.values():
             assert 1.0 < v["perplexity"] < v["uniform_baseline"]
+
+
+def test_quality_classifier_separates_the_generated_examples(graph):
+    qc = graph.out["quality_classifier"]
+    assert qc["metrics"]["heldout_auc"] > 0.9 and qc["metrics"]["heldout_examples"] > 50
 
 
 def test_hf_tokenizer_export_loads_and_agrees(graph):

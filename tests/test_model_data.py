@@ -245,3 +245,19 @@ def test_tokenizer_sample_follows_its_own_mix():
         sample_mix(groups, {"c": 1.0}, 10, 0)
     with pytest.raises(ValueError, match="sum to 1"):
         sample_mix(groups, {"a": 0.5}, 10, 0)
+
+
+def test_quality_buckets_select_documents(tmp_path):
+    spec = load_mix(mix_file(tmp_path, phase0(sources=[
+        {"source": "deduplicated", "weight": 0.5, "min_quality": 0.5, "max_epochs": 10},
+        {"source": "deduplicated", "weight": 0.5, "max_quality": 0.5, "max_epochs": 10}])))
+    src = sources()
+    score = lambda texts: [0.9 if i % 2 else 0.1 for i in range(len(texts))]  # noqa: E731
+    _, summary, docs = resolve_phase(spec, spec.phases[0], src, count, quality=score)
+    hi, lo = docs["deduplicated[q0.5-1]"], docs["deduplicated[q0-0.5]"]
+    assert len(hi) == len(lo) == 100 and all(d["quality"] >= 0.5 for d in hi) and all(d["quality"] < 0.5 for d in lo)
+    with pytest.raises(MixError, match="no quality classifier"):
+        resolve_phase(spec, spec.phases[0], src, count)
+    with pytest.raises(MixError, match="min_quality must be below max_quality"):
+        load_mix(mix_file(tmp_path, phase0(sources=[{"source": "deduplicated", "weight": 1, "min_quality": 0.6,
+                                                        "max_quality": 0.4}])))

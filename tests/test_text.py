@@ -96,3 +96,25 @@ def test_japanese_aware_rules():
     assert {r["doc_id"]: r["reason"] for r in res.rejected} == {
         "1": "ja_low_hiragana", "2": "ja_few_sentence_ends", "3": "bullet_list"}
     assert [d["text"] for d in res.kept] == [JA, JA] and res.stats["navigation_lines_removed"] == 1
+
+
+def test_quality_classifier_learns_good_from_bad_and_round_trips(tmp_path):
+    import numpy as np
+
+    from kura.corpus.default import DefaultCorpusConfig, generate_labelled
+    from kura.text.quality_model import QualityClassifier, QualityModelConfig, auc
+
+    L = generate_labelled(DefaultCorpusConfig(n_docs=1500, seed=5))
+    good = [t for t, lab in L if lab["kind"] == "clean"]
+    bad = [t for t, lab in L if lab["kind"] in ("ads", "mojibake", "short") and t.strip()]
+    cfg = QualityModelConfig(n_features=1 << 16)
+    m = QualityClassifier.train(good[::2], bad[::2], cfg)
+    s = m.scores(good[1::2] + bad[1::2])
+    y = np.r_[np.ones(len(good[1::2])), np.zeros(len(bad[1::2]))]
+    assert auc(s, y) > 0.9
+    m.save(tmp_path)
+    assert np.allclose(QualityClassifier.load(tmp_path).scores(good[:5]), m.scores(good[:5]))
+    import pytest
+
+    with pytest.raises(ValueError, match="both positive and negative"):
+        QualityClassifier.train(good, [], cfg)

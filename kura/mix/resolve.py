@@ -29,13 +29,23 @@ def is_heldout(doc_id: str, fraction: float) -> bool:
     return h / 2**64 < fraction
 
 
-def phase_documents(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs]) -> dict[str, list[dict]]:
-    """{source label: documents as this phase sees them} — language-filtered, chat-rendered where asked."""
+def phase_documents(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs],
+                    quality=None) -> dict[str, list[dict]]:
+    """{source label: documents as this phase sees them} — language- and quality-bucket-filtered, chat-rendered
+    where asked. `quality(texts) -> scores in [0, 1]` is needed when a source selects a quality bucket."""
     out = {}
     for s in phase.sources:
         if s.source not in sources:
             raise MixError(f"mix {spec.name}: phase {phase.name!r}: source {s.source!r} has no materialized data")
         docs = [d for d in sources[s.source].docs if s.lang is None or d.get("lang") == s.lang]
+        if s.uses_quality:
+            if quality is None:
+                raise MixError(f"mix {spec.name}: phase {phase.name!r}: source {s.label!r} selects a quality "
+                               f"bucket but no quality classifier was given")
+            lo = s.min_quality if s.min_quality is not None else 0.0
+            hi = s.max_quality if s.max_quality is not None else 1.0 + 1e-9
+            scores = quality([d["text"] for d in docs])
+            docs = [{**d, "quality": float(q)} for d, q in zip(docs, scores) if lo <= q < hi]
         if s.chat_template:
             t = spec.chat_templates[s.chat_template]
             missing = [d["doc_id"] for d in docs if not d.get("turns")]
@@ -62,11 +72,12 @@ def _take(order, items, target, label):
 
 
 def resolve_phase(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs], count_tokens,
-                  replay_pool: list[dict] | None = None) -> tuple[list[dict], dict, dict[str, list[dict]]]:
+                  replay_pool: list[dict] | None = None, quality=None
+                  ) -> tuple[list[dict], dict, dict[str, list[dict]]]:
     """`count_tokens(list[str]) -> list[int]`. Returns (selection rows, summary, phase documents by label)."""
     rows: list[dict] = []
     budgets = phase.source_tokens()
-    docs_by_label = phase_documents(spec, phase, sources)
+    docs_by_label = phase_documents(spec, phase, sources, quality)
     summary: dict = {"phase": phase.name, "sequence_length": phase.sequence_length, "sources": {}}
     for s in phase.sources:
         docs = docs_by_label[s.label]
@@ -92,6 +103,7 @@ def resolve_phase(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs]
                   "epoch": e, "n_tokens": n} for d, n, e in picked]
         summary["sources"][s.label] = {
             "asset": s.source, "weight": s.weight, "budget_tokens": target, "lang": s.lang,
+            "quality_bucket": [s.min_quality, s.max_quality] if s.uses_quality else None,
             "chat_template": s.chat_template, "loss_mask": s.loss_mask,
             "upstream_versions": sources[s.source].versions, "documents_available": len(docs),
             "train_tokens_available": available, "tokens_selected": taken,

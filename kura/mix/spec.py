@@ -38,6 +38,10 @@ class MixSource(BaseModel):
     weight: float | None = Field(None, ge=0, description="Share of the phase's source tokens (with total_tokens).")
     tokens: int | None = Field(None, gt=0, description="Absolute token budget (instead of a weight).")
     lang: str | None = Field(None, description="Only documents of this language (ja, en); all when omitted.")
+    min_quality: float | None = Field(None, ge=0, le=1, description="Quality bucket: only documents the quality "
+                                                                    "classifier scores at least this high.")
+    max_quality: float | None = Field(None, ge=0, le=1, description="Quality bucket: only documents scored "
+                                                                    "below this.")
     max_epochs: float = Field(1.0, ge=1.0, description="How often the source may be repeated to meet its budget.")
     chat_template: str | None = Field(None, description="Render the source's conversations with this template "
                                                         "(a key of the mix's chat_templates).")
@@ -46,12 +50,23 @@ class MixSource(BaseModel):
 
     @property
     def label(self) -> str:
-        return self.source + (f"[{self.lang}]" if self.lang else "")
+        q = ""
+        if self.min_quality is not None or self.max_quality is not None:
+            q = f"[q{self.min_quality if self.min_quality is not None else 0:g}-" \
+                f"{self.max_quality if self.max_quality is not None else 1:g}]"
+        return self.source + (f"[{self.lang}]" if self.lang else "") + q
+
+    @property
+    def uses_quality(self) -> bool:
+        return self.min_quality is not None or self.max_quality is not None
 
     @model_validator(mode="after")
     def _one_budget(self) -> "MixSource":
         if (self.weight is None) == (self.tokens is None):
             raise ValueError(f"source {self.label!r}: give exactly one of weight or tokens")
+        if (self.min_quality is not None and self.max_quality is not None
+                and self.min_quality >= self.max_quality):
+            raise ValueError(f"source {self.label!r}: min_quality must be below max_quality")
         if self.loss_mask == "assistant_only" and not self.chat_template:
             raise ValueError(f"source {self.label!r}: loss_mask assistant_only needs a chat_template")
         return self
