@@ -131,7 +131,8 @@ def demo(args) -> int:
     print("\nResults")
     print(f"  documents kept after cleaning : {sum(m['kept'] for m in out['cleaned'].values())} "
           f"(dropped {sum(m['dropped'] for m in out['cleaned'].values())}, "
-          f"unreadable/bad records {sum(m['rejected'] for m in out['raw_corpus'].values())})")
+          f"rejected at read: {sum(m['rejected'] for m in out['raw_corpus'].values())} — bad or unreadable input, "
+          f"WARC records that are not pages)")
     by_reason = ", ".join(f"{v} {k}" for k, v in sorted(out["deduplicated"]["duplicates_by_reason"].items()))
     print(f"  after dedup (exact + near)    : {out['deduplicated']['kept']} ({by_reason})")
     print(f"  synthetic Q&A ({syn['backend']}) : {syn['kept']}/{syn['prompts']} valid, "
