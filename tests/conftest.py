@@ -6,7 +6,6 @@ vLLM CPU engine for the synthetic stage) by the `graph` fixture, and SeaweedFS i
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,16 +80,6 @@ def graph(tmp_path_factory) -> Graph:
     day = "2026-11-20"
     out = run_pipeline(instance, defs, day=day, ops_config=TINY_OPS, log=lambda *_: None)
     return Graph(home, mix, instance, defs, out, day)
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    return tmp_path
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
 
 
 def free_port() -> int:

@@ -155,7 +155,3 @@ class Storage:
         except OSError:  # another process won the race with identical content
             shutil.rmtree(tmp, ignore_errors=True)
         return target
-
-    def local_file(self, rel: str) -> Path:
-        parent, _, name = rel.rpartition("/")
-        return self.local_dir(parent) / name
