@@ -4,9 +4,10 @@ Why characters: Japanese has no spaces, so word shingles do not exist; character
 and English. Text is normalized first (NFKC, lower case, whitespace and punctuation removed) — but kana voicing
 marks are kept (NFKC keeps them; some English-tuned normalizers strip them, turning ティップ into ティッフ).
 
-Shingling is vectorized with numpy (code points → rolling polynomial hash of each n-gram, uint64, no Python loop
-over characters); the signatures of a whole batch are then computed in one call by rensa's Rust MinHash over the
-flat buffer of all shingle hashes (`digest_matrix_from_flat_token_hashes`). Measured here: ~10× datasketch on the
+Shingling is vectorized with numpy (NFKC + lower per document in C, then one code-point buffer for the batch:
+punctuation stripped by a table lookup, rolling polynomial hash of each n-gram, uint64, no Python loop over
+characters); the signatures of a whole batch are then computed in one call by rensa's Rust MinHash over the
+flat buffer of all shingle hashes (`digest_matrix_from_flat_token_hashes`). Measured here: ~21× datasketch on the
 same shingles (benchmarks/minhash.py).
 LSH: the signature is cut into `bands` bands of `rows` rows; two documents sharing any band are candidates, and a
 candidate is a duplicate when its estimated Jaccard similarity (share of equal signature values) reaches
@@ -47,11 +48,35 @@ def normalize_for_shingles(text: str) -> str:
     return _STRIP.sub("", unicodedata.normalize("NFKC", text).lower())
 
 
+_WORD_TABLE: np.ndarray | None = None
+
+
+def _word_table() -> np.ndarray:
+    """bool per code point: kept by `normalize_for_shingles` (str.isalnum, which is exactly what the regex's
+    complement `[^\\s\\W_]` keeps). Built once per process (~0.1 s), then stripping is one numpy gather."""
+    global _WORD_TABLE
+    if _WORD_TABLE is None:
+        _WORD_TABLE = np.fromiter((chr(i).isalnum() for i in range(0x110000)), dtype=bool, count=0x110000)
+    return _WORD_TABLE
+
+
+def _codepoints(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The batch normalized like `normalize_for_shingles`, as one uint32 code-point buffer plus per-document
+    lengths — NFKC and lower-casing per document in C, stripping vectorized over the whole batch."""
+    norm = [unicodedata.normalize("NFKC", t).lower() for t in texts]
+    raw_lens = np.fromiter((len(x) for x in norm), dtype=np.int64, count=len(norm))
+    cps = np.frombuffer("".join(norm).encode("utf-32-le"), dtype=np.uint32)
+    keep = _word_table()[cps]
+    doc = np.repeat(np.arange(len(norm)), raw_lens)
+    lens = np.bincount(doc[keep], minlength=len(norm)).astype(np.int64)
+    return cps[keep], lens
+
+
 def algorithm() -> str:
     """Identifies how signatures are computed; stored with an index, which is only reused by the same one."""
     import rensa
 
-    return f"rensa-rminhash-{rensa.RMinHash.ALGORITHM_VERSION}+kura-shingles-2"
+    return f"rensa-rminhash-{rensa.RMinHash.ALGORITHM_VERSION}+kura-shingles-3"
 
 
 class MinHasher:
@@ -74,32 +99,39 @@ class MinHasher:
         return np.unique(h)
 
     def shingle_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(flat shingle hashes, row offsets) for a batch: all texts are joined into one code-point buffer, the
-        rolling hash runs once over it, and n-grams that cross a document boundary are dropped. A document shorter
-        than n is one shingle (its whole text); an empty one gets a constant shingle."""
-        norm = [normalize_for_shingles(t) for t in texts]
-        lens = np.fromiter((len(x) for x in norm), dtype=np.int64, count=len(norm))
+        """(flat shingle hashes, row offsets) for a batch: all texts are normalized into one code-point buffer, the
+        rolling hash runs once over it, and the n-grams that cross a document boundary (the last n-1 start
+        positions of each document) are masked out. A document shorter than n is one shingle (its whole text); an
+        empty one gets a constant shingle."""
         n = self.cfg.ngram
-        cps = np.frombuffer("".join(norm).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(norm) else np.zeros(0, np.int64)
+        cps32, lens = _codepoints(texts)
+        cps = cps32.astype(np.uint64)
         counts = np.where(lens >= n, lens - n + 1, 1)
-        offsets = np.zeros(len(norm) + 1, dtype=np.uint64)
+        offsets = np.zeros(len(texts) + 1, dtype=np.uint64)
         offsets[1:] = np.cumsum(counts)
-        flat = np.empty(int(counts.sum()), dtype=np.uint64)
-        if len(cps) >= n:
+        if len(cps) < n:  # every document is short
+            h = np.zeros(0, dtype=np.uint64)
+        else:
             h = np.zeros(len(cps) - n + 1, dtype=np.uint64)
             with np.errstate(over="ignore"):
                 for k in range(n):
                     h = h * np.uint64(1_000_003) + cps[k: len(cps) - n + 1 + k]
-            long_docs = np.nonzero(lens >= n)[0]
-            # positions of every valid n-gram start, document by document, without a Python loop
-            rep = np.repeat(starts[long_docs], counts[long_docs])
-            within = np.arange(len(rep)) - np.repeat(np.cumsum(counts[long_docs]) - counts[long_docs],
-                                                     counts[long_docs])
-            dest = np.repeat(offsets[:-1][long_docs].astype(np.int64), counts[long_docs]) + within
-            flat[dest] = h[rep + within]
-        for i in np.nonzero(lens < n)[0]:  # short or empty documents: one shingle each
-            flat[int(offsets[i])] = self.shingles(texts[i])[0] if lens[i] else np.uint64(0)
+        if not np.any(lens < n):
+            valid = np.ones(len(h), dtype=bool)
+            ends = np.cumsum(lens)
+            bad = (ends[:, None] - np.arange(1, n)[None, :]).ravel()  # starts whose n-gram crosses an end
+            valid[bad[(bad >= 0) & (bad < len(h))]] = False
+            return h[valid], offsets
+        flat = np.empty(int(counts.sum()), dtype=np.uint64)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        for i in range(len(texts)):  # rare path: the batch holds a document shorter than n
+            a, b = int(offsets[i]), int(offsets[i + 1])
+            if lens[i] >= n:
+                flat[a:b] = h[starts[i]: starts[i] + counts[i]]
+            elif lens[i]:
+                flat[a] = self.shingles(texts[i])[0]
+            else:
+                flat[a] = np.uint64(0)
         return flat, offsets
 
     def signatures(self, texts: list[str]) -> np.ndarray:
