@@ -67,6 +67,37 @@ def write_parquet(path: Path, rows: list[dict], schema: pa.Schema) -> int:
     return len(rows)
 
 
+class ParquetRowWriter:
+    """Rows appended one at a time, written as row groups of `batch` rows: a shard of any size streams through in
+    bounded memory. Always produces a file (with the schema) even when no row is added."""
+
+    def __init__(self, path: Path, schema: pa.Schema, batch: int = 2048):
+        self.schema, self.batch, self.rows, self.n = schema, batch, [], 0
+        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.batch:
+            self.flush()
+
+    def extend(self, rows: list[dict]) -> None:
+        for r in rows:
+            self.add(r)
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.n += len(self.rows)
+            self.rows = []
+
+    def __enter__(self) -> "ParquetRowWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+        self.writer.close()
+
+
 def read_parquet(storage: Storage, manifest: dict, name: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(storage.local_dir(manifest["dir"]) / name, columns=columns)
 

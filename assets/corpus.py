@@ -17,8 +17,8 @@ import kura.quality.expectations as expectations
 import kura.text.filters as filters
 import kura.text.langid as langid
 import kura.text.normalize as normalize
-from assets._common import (DOC_SCHEMA, bar_chart_md, output, read_parquet, run_versioned, source_version, write_json,
-                            write_parquet)
+from assets._common import (DOC_SCHEMA, ParquetRowWriter, bar_chart_md, output, read_parquet, run_versioned,
+                            source_version, write_json, write_parquet)
 from kura.io import sha256_file
 from resources import CorpusResource, StorageResource
 from resources.io_manager import latest_manifest
@@ -38,6 +38,9 @@ class RawCorpusConfig(dg.Config):
     """JSON key / parquet column holding the document text."""
     id_field: str = "id"
     """JSON key / parquet column with the input's own document id (kept as orig_id)."""
+    max_document_bytes: int = readers.MAX_DOCUMENT_BYTES
+    """A single document (page, JSON line, WARC record, parquet cell) larger than this is quarantined as
+    document_too_large without being decoded or extracted."""
 
 
 @dg.asset(partitions_def=corpus_partitions, code_version=source_version(readers), group_name="corpus")
@@ -53,19 +56,19 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, corpu
         file_hash = f"unreadable:{type(e).__name__}"
     counts: Counter = Counter()
 
-    def build(stage):
-        docs, rejected = [], []
-        for item in readers.read_corpus_file(path, pk, config.text_field, config.id_field):
-            if isinstance(item, readers.Document):
-                docs.append({"doc_id": item.doc_id, "source": item.source, "position": item.position,
-                             "orig_id": item.orig_id, "text": item.text})
-            else:
-                rejected.append(item.__dict__)
-                counts[item.reason] += 1
-        write_parquet(stage / "documents.parquet", docs, RAW_SCHEMA)
-        write_parquet(stage / "quarantine.parquet", rejected, RAW_QUARANTINE)
-        info = {"documents": len(docs), "rejected": len(rejected), "rejected_by_reason": dict(counts),
-                "source_file": str(path), "source_sha256": file_hash}
+    def build(stage):  # streamed: documents go to parquet in row groups as they are read
+        with ParquetRowWriter(stage / "documents.parquet", RAW_SCHEMA) as docs, \
+                ParquetRowWriter(stage / "quarantine.parquet", RAW_QUARANTINE, batch=256) as rejected:
+            for item in readers.read_corpus_file(path, pk, config.text_field, config.id_field,
+                                                 config.max_document_bytes):
+                if isinstance(item, readers.Document):
+                    docs.add({"doc_id": item.doc_id, "source": item.source, "position": item.position,
+                              "orig_id": item.orig_id, "text": item.text})
+                else:
+                    rejected.add(item.__dict__)
+                    counts[item.reason] += 1
+        info = {"documents": docs.n, "rejected": rejected.n, "rejected_by_reason": dict(counts),
+                "source_file": corpus.uri(pk), "source_sha256": file_hash}
         write_json(stage / "stats.json", info)
         return info
 
@@ -91,15 +94,23 @@ def cleaned(context: dg.AssetExecutionContext, config: CleanedConfig, raw_corpus
     """Normalized documents that pass the rule filters; dropped ones go to quarantine.parquet with a reason."""
     st = storage.get()
 
-    def build(stage):
-        raw = read_parquet(st, raw_corpus, "documents.parquet", ["doc_id", "source", "text"]).to_pylist()
-        res = filters.clean_documents(raw, config)
-        assert len(res.kept) + len(res.rejected) == len(raw), "every document is kept or quarantined"
-        write_parquet(stage / "documents.parquet", res.kept, DOC_SCHEMA)
-        write_parquet(stage / "quarantine.parquet", res.rejected, CLEAN_QUARANTINE)
-        info = {"documents_in": len(raw), "kept": len(res.kept), "dropped": len(res.rejected),
-                "dropped_by_reason": dict(res.drops), "stats": dict(res.stats),
-                "kept_by_lang": dict(Counter(d["lang"] for d in res.kept)),
+    def build(stage):  # streamed in batches: memory is bounded by the batch, not by the shard
+        n_in, drops, stats, langs = 0, Counter(), Counter(), Counter()
+        src = pq.ParquetFile(st.local_dir(raw_corpus["dir"]) / "documents.parquet")
+        with ParquetRowWriter(stage / "documents.parquet", DOC_SCHEMA) as kept, \
+                ParquetRowWriter(stage / "quarantine.parquet", CLEAN_QUARANTINE) as rejected:
+            for batch in src.iter_batches(batch_size=2048, columns=["doc_id", "source", "text"]):
+                raw = batch.to_pylist()
+                res = filters.clean_documents(raw, config)
+                assert len(res.kept) + len(res.rejected) == len(raw), "every document is kept or quarantined"
+                kept.extend(res.kept)
+                rejected.extend(res.rejected)
+                n_in += len(raw)
+                drops.update(res.drops)
+                stats.update(res.stats)
+                langs.update(d["lang"] for d in res.kept)
+        info = {"documents_in": n_in, "kept": kept.n, "dropped": rejected.n,
+                "dropped_by_reason": dict(drops), "stats": dict(stats), "kept_by_lang": dict(langs),
                 "input_rejected_by_reason": raw_corpus.get("rejected_by_reason", {})}
         write_json(stage / "stats.json", info)
         return info

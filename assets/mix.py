@@ -22,6 +22,7 @@ from assets._common import output, read_parquet, run_versioned, source_version, 
 from assets.automation import EAGER, ON_EDIT_OR_EAGER
 from assets.tokenizer import corpus_rows, synthetic_rows
 from kura.pack.phase import pack_phase
+from kura.text.ngram_lm import CharNgramLM
 from kura.text.quality_model import QualityClassifier
 from kura.tokenize.spm import SpmTokenizer
 from resources import StorageResource
@@ -74,6 +75,8 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
         ins["previous_phase"] = dg.AssetIn(key=mix_key(prev))
     if any(s.uses_quality for s in phase.sources):
         ins["quality_classifier"] = dg.AssetIn("quality_classifier")
+    if any(s.uses_perplexity for s in phase.sources):
+        ins["reference_lm"] = dg.AssetIn("reference_lm")
     budget = ", ".join(f"{s.label}={s.weight:g}" if s.weight is not None else f"{s.label}={s.tokens} tokens"
                        for s in phase.sources)
 
@@ -87,6 +90,7 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
         ded, syn, tok_m = inputs["deduplicated"], inputs["synthetic"], inputs["tokenizer"]
         prev_m = inputs.get("previous_phase")
         qc_m = inputs.get("quality_classifier")
+        lm_m = inputs.get("reference_lm")
 
         def build(stage):
             tok = SpmTokenizer(st.local_dir(tok_m["dir"]) / "tokenizer.model")
@@ -101,8 +105,10 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
                 prev_docs = {(d["source"], d["doc_id"]): d
                              for d in read_parquet(st, prev_m, "documents.parquet").to_pylist()}
             quality = QualityClassifier.load(st.local_dir(qc_m["dir"])).scores if qc_m else None
+            perplexity = CharNgramLM.load(st.local_dir(lm_m["dir"])).perplexities if lm_m else None
             rows, summary, docs_by_label = resolve.resolve_phase(
-                mix, phase, sources, lambda texts: [len(x) for x in tok.encode_batch(texts)], pool, quality)
+                mix, phase, sources, lambda texts: [len(x) for x in tok.encode_batch(texts)], pool, quality,
+                perplexity)
             docs = resolve.selected_documents(phase, rows, docs_by_label, prev_docs)
             write_parquet(stage / "selection.parquet", [{"replay_of": None, **r} for r in rows], SELECTION_SCHEMA)
             write_parquet(stage / "documents.parquet", docs, MIX_DOCS_SCHEMA)
@@ -113,7 +119,7 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
             return {"summary": summary, **spec}
 
         upstream = {"deduplicated": ded, "synthetic": syn, "tokenizer": tok_m, "previous_phase": prev_m,
-                    "quality_classifier": qc_m}
+                    "quality_classifier": qc_m, "reference_lm": lm_m}
         m, reused = run_versioned(context, st, config=json.loads(_phase_version_text(mix, phase)),
                                   upstream=upstream, build=build)
         return output(m, reused, mix=mix.name, phase=phase.name, tokens_selected=m["summary"]["tokens_selected"],

@@ -1,7 +1,8 @@
 """The quality classifier and its example sets, as assets: `quality_examples` (positive and negative documents,
 from JSONL files you provide or, by default, generated and labelled by the corpus generator with its own seed) →
 `quality_classifier` (hashed character n-grams + logistic regression; held-out AUC in metadata). Mix sources select
-quality buckets with it (`min_quality` / `max_quality`)."""
+quality buckets with it (`min_quality` / `max_quality`); `reference_lm` (a character n-gram LM trained on the good
+examples or a reference file you give) filters them by perplexity (`max_perplexity`)."""
 import json
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+import kura.text.ngram_lm as ngram_lm
 import kura.text.quality_model as qm
 from assets._common import output, read_parquet, run_versioned, source_version, write_json, write_parquet
 from kura.corpus.default import DefaultCorpusConfig, generate_labelled
+from kura.io import sha256_file
 from resources import StorageResource
 
 EXAMPLES_SCHEMA = pa.schema([("text", pa.string()), ("label", pa.int64()), ("origin", pa.string())])
@@ -92,4 +95,43 @@ def quality_classifier(context: dg.AssetExecutionContext, config: QualityClassif
 
     m, reused = run_versioned(context, st, config=config, upstream={"quality_examples": quality_examples},
                               build=build)
+    return output(m, reused, **m["metrics"])
+
+
+class ReferenceLMConfig(dg.Config, ngram_lm.NgramLMConfig):
+    """Character n-gram LM settings (see kura.text.ngram_lm.NgramLMConfig)."""
+
+    reference_path: str = ""
+    """JSONL of reference documents ({"text": ...}) — e.g. a curated Wikipedia or news sample; empty: the positive
+    documents of quality_examples."""
+    heldout_every: int = 5
+    """Every n-th reference document is held out for the reported perplexities."""
+
+
+@dg.asset(group_name="corpus", code_version=source_version(ngram_lm))
+def reference_lm(context: dg.AssetExecutionContext, config: ReferenceLMConfig, quality_examples: dict,
+                 storage: StorageResource) -> dg.Output:
+    """Character n-gram LM trained on a clean reference set; mix sources keep the low-perplexity head with
+    `max_perplexity` (CCNet-style filtering). Metadata: held-out perplexity of good and of bad examples."""
+    st = storage.get()
+    lcfg = ngram_lm.NgramLMConfig(**config.model_dump(exclude={"reference_path", "heldout_every"}))
+
+    def build(stage):
+        ex = read_parquet(st, quality_examples, "examples.parquet").to_pylist()
+        ref = _jsonl_texts(config.reference_path) if config.reference_path else \
+            [e["text"] for e in ex if e["label"]]
+        train = [t for i, t in enumerate(ref) if i % config.heldout_every]
+        held = [t for i, t in enumerate(ref) if not i % config.heldout_every]
+        lm = ngram_lm.CharNgramLM.train(train, lcfg)
+        lm.save(stage)
+        bad = [e["text"] for e in ex if not e["label"]]
+        med = lambda xs: round(float(np.median(lm.perplexities(xs))), 2) if xs else None  # noqa: E731
+        metrics = {"reference_documents": len(train), "reference_chars": lm.total,
+                   "heldout_reference_median_ppl": med(held), "negative_examples_median_ppl": med(bad)}
+        write_json(stage / "metrics.json", metrics)
+        return {"metrics": metrics}
+
+    upstream = {"quality_examples": quality_examples,
+                "reference_file": sha256_file(config.reference_path) if config.reference_path else None}
+    m, reused = run_versioned(context, st, config=config, upstream=upstream, build=build)
     return output(m, reused, **m["metrics"])

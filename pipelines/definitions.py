@@ -13,7 +13,7 @@ import dagster as dg
 from assets.corpus import cleaned, corpus_partitions, deduplicated, raw_corpus
 from assets.evaluation import build_eval_perplexity
 from assets.mix import build_mix_assets, load_mix_spec
-from assets.quality import quality_classifier, quality_examples
+from assets.quality import quality_classifier, quality_examples, reference_lm
 from assets.synthetic import daily_partitions, synthetic, teacher_model
 from assets.tokenizer import tokenizer
 from assets.train import build_base_model
@@ -21,25 +21,29 @@ from pipelines.settings import Settings
 from resources import CorpusResource, GeneratorResource, ManifestIOManager, StorageResource
 
 INGEST = ["raw_corpus", "cleaned"]
-CURATE = ["deduplicated", "teacher_model", "quality_examples", "quality_classifier"]
+CURATE = ["deduplicated", "teacher_model", "quality_examples", "quality_classifier", "reference_lm"]
 SYNTH = ["synthetic"]
 MODEL = dg.AssetSelection.assets("tokenizer", "base_model", "eval_perplexity", "mix_report") | \
     dg.AssetSelection.key_prefixes(["data_mix"], ["packed_dataset"])
 
 
+def s3_credentials(s: Settings) -> dict:
+    """Endpoint and credentials for S3 resources: the secrets are read from the environment at run time."""
+    return {"endpoint_url": s.s3_endpoint, "access_key_id": dg.EnvVar("AWS_ACCESS_KEY_ID"),
+            "secret_access_key": dg.EnvVar("AWS_SECRET_ACCESS_KEY")}
+
+
 def build_resources(s: Settings) -> dict:
     if s.s3_endpoint or s.storage_root.startswith("s3://"):
-        storage = StorageResource(root=s.storage_root, endpoint_url=s.s3_endpoint,
-                                  access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
-                                  secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
-                                  cache_dir=str(s.home / "cache"))
+        storage = StorageResource(root=s.storage_root, cache_dir=str(s.home / "cache"), **s3_credentials(s))
     else:
         storage = StorageResource(root=s.storage_root, cache_dir=str(s.home / "cache"))
     return {
         "storage": storage,
         "io_manager": ManifestIOManager(storage=storage),
         "corpus": CorpusResource(path=s.corpus_dir, default_dir=str(s.home / "default_corpus"),
-                                 n_docs=s.default_corpus_docs),
+                                 n_docs=s.default_corpus_docs, cache_dir=str(s.home / "cache"),
+                                 **(s3_credentials(s) if s.corpus_dir.startswith("s3://") else {})),
         "generator": GeneratorResource(backend="auto"),
     }
 
@@ -47,7 +51,8 @@ def build_resources(s: Settings) -> dict:
 ingest_job = dg.define_asset_job("ingest_job", selection=INGEST, partitions_def=corpus_partitions,
                                  description="Read and clean one corpus file (one partition).")
 curate_job = dg.define_asset_job("curate_job", selection=CURATE,
-                                 description="Dedup across shards; train the teacher and the quality classifier.")
+                                 description="Dedup across shards; train the teacher, the quality classifier and the "
+                                            "reference LM.")
 synthetic_job = dg.define_asset_job("synthetic_job", selection=SYNTH, partitions_def=daily_partitions,
                                     description="Generate one day's synthetic shard.")
 model_job = dg.define_asset_job("model_job", selection=MODEL,
@@ -72,7 +77,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     mix = load_mix_spec(s.mix_file)
     phases = [p.name for p in mix.phases]
     return dg.Definitions(
-        assets=[raw_corpus, cleaned, deduplicated, teacher_model, quality_examples, quality_classifier, synthetic,
+        assets=[raw_corpus, cleaned, deduplicated, teacher_model, quality_examples, quality_classifier, reference_lm,
+                synthetic,
                 tokenizer,
                 *build_mix_assets(s.mix_file, mix), build_base_model(phases), build_eval_perplexity(phases)],
         jobs=[ingest_job, curate_job, synthetic_job, model_job],

@@ -1,29 +1,51 @@
-"""Corpus resource: the folder of raw input files. Empty `path` means the bundled default corpus, generated
-(seeded, deterministic) into `default_dir` on first use."""
+"""Corpus resource: the folder or S3 prefix of raw input files. Empty `path` means the bundled default corpus,
+generated (seeded, deterministic) into `default_dir` on first use. On S3 each file is streamed to a local cache
+copy (keyed by its ETag) before it is read, so readers stay plain-file streaming readers and a 2 GB shard never
+has to fit in memory; credentials come from the environment (dagster.EnvVar)."""
 
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 
 from kura.corpus.default import DefaultCorpusConfig, write_default_corpus
 from kura.corpus.readers import is_supported
+from kura.io import Storage
 
 
 class CorpusResource(dg.ConfigurableResource):
-    """The raw corpus folder; one dynamic partition of `raw_corpus` per supported file in it."""
+    """The raw corpus folder or S3 prefix; one dynamic partition of `raw_corpus` per supported file in it."""
 
     path: str = ""
-    """Folder of .jsonl, .jsonl.gz, .parquet, .txt or .html files. Empty: the generated default corpus."""
+    """Folder or s3://bucket/prefix of .jsonl(.gz), .parquet, .txt, .html or .warc(.gz) files. Empty: the
+    generated default corpus."""
     default_dir: str = "/tmp/kura-default-corpus"
     """Where the default corpus is generated when `path` is empty."""
     seed: int = 20241122
     """Seed of the default corpus generator."""
     n_docs: int = 3000
     """Documents in the default corpus."""
+    endpoint_url: Optional[str] = None
+    """S3 endpoint when `path` is on S3 (None: AWS's default)."""
+    access_key_id: Optional[str] = None
+    """S3 key id; pass dagster.EnvVar("AWS_ACCESS_KEY_ID"), never a literal."""
+    secret_access_key: Optional[str] = None
+    """S3 secret; pass dagster.EnvVar("AWS_SECRET_ACCESS_KEY"), never a literal."""
+    cache_dir: Optional[str] = None
+    """Local folder for the cached copies of S3 input files."""
+
+    def is_remote(self) -> bool:
+        return "://" in self.path and not self.path.startswith("file://")
+
+    def storage(self) -> Storage:
+        return Storage(self.path, endpoint_url=self.endpoint_url, key=self.access_key_id,
+                       secret=self.secret_access_key, cache_dir=self.cache_dir)
 
     def folder(self) -> Path:
+        if self.is_remote():
+            raise ValueError(f"corpus {self.path} is remote: use list_files() and file()")
         if self.path:
-            p = Path(self.path)
+            p = Path(self.path.removeprefix("file://"))
             if not p.is_dir():
                 raise FileNotFoundError(f"corpus folder {p} does not exist")
             return p
@@ -34,11 +56,21 @@ class CorpusResource(dg.ConfigurableResource):
         return d
 
     def list_files(self) -> list[str]:
-        """Partition keys: paths relative to the folder, sorted. Entries that cannot be read (a dangling link, no
-        permission) are listed too, so that they are quarantined and counted rather than silently skipped."""
+        """Partition keys: paths relative to the folder or prefix, sorted. Entries that cannot be read (a dangling
+        link, no permission) are listed too, so that they are quarantined and counted rather than silently
+        skipped."""
+        if self.is_remote():
+            return [k for k in self.storage().list_files() if is_supported(k.rsplit("/", 1)[-1])]
         root = self.folder()
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                       if not p.is_dir() and is_supported(p.name))
 
+    def uri(self, key: str) -> str:
+        """Where the file lives (recorded in the raw shard's stats)."""
+        return f"{self.path.rstrip('/')}/{key}" if self.is_remote() else str(self.folder() / key)
+
     def file(self, key: str) -> Path:
+        """A local path to read the file from (a cached copy for S3)."""
+        if self.is_remote():
+            return self.storage().local_file(key)
         return self.folder() / key

@@ -37,7 +37,7 @@ TINY_OPS = {
 }
 TINY_MIX = {"name": "tiny", "phases": [
     {"name": "web", "sequence_length": 64, "total_tokens": 30000, "heldout_fraction": 0.1,
-     "sources": [{"source": "deduplicated", "weight": 0.97, "min_quality": 0.3},
+     "sources": [{"source": "deduplicated", "weight": 0.97, "min_quality": 0.3, "max_perplexity": 20},
                  {"source": "synthetic", "weight": 0.03, "max_epochs": 8}]},
     {"name": "instruct", "sequence_length": 128, "replay_fraction": 0.2, "heldout_fraction": 0.1,
      "sources": [{"source": "synthetic", "tokens": 3000, "max_epochs": 8, "chat_template": "plain",

@@ -100,7 +100,8 @@ def test_batch_shingling_equals_per_document_shingling():
         want = h.shingles(t) if normalize_for_shingles(t) else np.zeros(1, np.uint64)
         assert np.array_equal(got, want), t
     assert np.array_equal(h.signatures(texts)[3], h.signature(texts[3]))
-    long = ["東京の歴史について学びました。", "Hello, World! " * 30, "ＡＢＣ　ｄｅｆ—ghi、ジャパン"]  # no short document:
-    flat, offsets = h.shingle_batch(long)  # the masked fast path
+    # no short document: the masked fast path
+    long = ["東京の歴史について学びました。", "Hello, World! " * 30, "ＡＢＣ　ｄｅｆ—ghi、ジャパン"]
+    flat, offsets = h.shingle_batch(long)
     for i, t in enumerate(long):
         assert np.array_equal(np.unique(flat[int(offsets[i]): int(offsets[i + 1])]), h.shingles(t)), t

@@ -13,8 +13,8 @@ from tests.conftest import TINY_OPS, write_mix
 
 PARTITIONED = ("raw_corpus", "cleaned", "synthetic")
 PHASED = ("data_mix", "packed_dataset")
-SINGLE = ("deduplicated", "teacher_model", "quality_examples", "quality_classifier", "tokenizer", "base_model",
-          "eval_perplexity", "mix_report")
+SINGLE = ("deduplicated", "teacher_model", "quality_examples", "quality_classifier", "reference_lm", "tokenizer",
+          "base_model", "eval_perplexity", "mix_report")
 PHASES = ("web", "instruct")
 
 
@@ -69,10 +69,11 @@ def test_synthetic_shard_generated_by_vllm(graph):
 def test_mix_phases_pin_versions_budgets_and_replay(graph):
     web, ins = graph.out["data_mix"]["web"], graph.out["data_mix"]["instruct"]
     s = web["summary"]["sources"]
-    assert set(s) == {"deduplicated[q0.3-1]", "synthetic"}, "the quality bucket is part of the source label"
-    assert s["deduplicated[q0.3-1]"]["quality_bucket"] == [0.3, None]
-    assert s["deduplicated[q0.3-1]"]["upstream_versions"] == {"all": graph.out["deduplicated"]["version"]}
-    assert s["deduplicated[q0.3-1]"]["documents_available"] <= graph.out["deduplicated"]["kept"]
+    web_src = "deduplicated[q0.3-1][ppl<=20]"
+    assert set(s) == {web_src, "synthetic"}, "the quality bucket and perplexity cut are part of the source label"
+    assert s[web_src]["quality_bucket"] == [0.3, None] and s[web_src]["max_perplexity"] == 20
+    assert s[web_src]["upstream_versions"] == {"all": graph.out["deduplicated"]["version"]}
+    assert s[web_src]["documents_available"] <= graph.out["deduplicated"]["kept"]
     assert s["synthetic"]["upstream_versions"] == {graph.day: graph.out["synthetic"][graph.day]["version"]}
     assert abs(web["summary"]["tokens_selected"] - 30000) < 1000
     si = ins["summary"]["sources"]
@@ -86,10 +87,10 @@ def test_packed_dataset_reads_back_with_megatron(graph):
 
     p = graph.out["packed_dataset"]["web"]
     blend = json.loads((Path(p["uri"]) / "blend.json").read_text())["train"]
-    assert set(blend[1::2]) == {"train_deduplicated_q0.3-1", "train_synthetic"}
+    assert set(blend[1::2]) == {"train_deduplicated_q0.3-1_ppl_20", "train_synthetic"}
     assert math.isclose(sum(map(float, blend[0::2])), 1.0, abs_tol=1e-4)
-    ds = IndexedDataset(str(Path(p["uri"]) / "train_deduplicated_q0.3-1"))
-    ded = p["train"]["deduplicated[q0.3-1]"]
+    ds = IndexedDataset(str(Path(p["uri"]) / "train_deduplicated_q0.3-1_ppl_20"))
+    ded = p["train"]["deduplicated[q0.3-1][ppl<=20]"]
     assert len(ds) == ded["sequences"] > 0
     assert all(len(ds[i]) == 65 for i in range(len(ds)))
     assert int(np.max(ds[0])) < p["vocab_size"]
@@ -119,6 +120,12 @@ def test_checkpoint_describes_itself_and_eval_is_sane(graph):
 def test_quality_classifier_separates_the_generated_examples(graph):
     qc = graph.out["quality_classifier"]
     assert qc["metrics"]["heldout_auc"] > 0.9 and qc["metrics"]["heldout_examples"] > 50
+
+
+def test_reference_lm_scores_junk_above_clean_text(graph):
+    m = graph.out["reference_lm"]["metrics"]
+    assert m["reference_chars"] > 10_000
+    assert m["negative_examples_median_ppl"] > m["heldout_reference_median_ppl"] > 1.0
 
 
 def test_hf_tokenizer_export_loads_and_agrees(graph):

@@ -261,3 +261,16 @@ def test_quality_buckets_select_documents(tmp_path):
     with pytest.raises(MixError, match="min_quality must be below max_quality"):
         load_mix(mix_file(tmp_path, phase0(sources=[{"source": "deduplicated", "weight": 1, "min_quality": 0.6,
                                                         "max_quality": 0.4}])))
+
+
+def test_perplexity_cut_selects_documents(tmp_path):
+    spec = load_mix(mix_file(tmp_path, phase0(sources=[
+        {"source": "deduplicated", "weight": 1, "max_perplexity": 50, "max_epochs": 10}])))
+    src = sources()
+    ppl = lambda texts: [10.0 if i % 4 else 500.0 for i in range(len(texts))]  # noqa: E731
+    _, summary, docs = resolve_phase(spec, spec.phases[0], src, count, perplexity=ppl)
+    kept = docs["deduplicated[ppl<=50]"]
+    assert len(kept) == 150 and all(d["perplexity"] == 10.0 for d in kept)
+    assert summary["sources"]["deduplicated[ppl<=50]"]["max_perplexity"] == 50
+    with pytest.raises(MixError, match="no reference language model"):
+        resolve_phase(spec, spec.phases[0], src, count)

@@ -112,3 +112,31 @@ def test_html_in_a_legacy_japanese_encoding(tmp_path):
     p.write_bytes("<html><head><meta charset='euc-jp'></head><body><p>昔のページの本文です。</p></body></html>"
                   .encode("euc_jp"))
     assert items(p)[0][0].text == "昔のページの本文です。"
+
+
+def test_fifty_megabyte_documents_and_binary_junk_are_quarantined_not_read(tmp_path):
+    """A 50 MB single document is rejected as document_too_large in every format without being decoded; binary
+    junk in a .txt and in a JSONL line is invalid UTF-8; all is counted, nothing raises."""
+    big = ("これは巨大な一つの文書です。" * 1_200_000).encode()  # ~50 MB of UTF-8
+    assert len(big) > 50_000_000
+    (tmp_path / "giant.txt").write_bytes(big)
+    (tmp_path / "giant.html").write_bytes(b"<html><body><p>" + big + b"</p></body></html>")
+    with open(tmp_path / "mixed.jsonl", "wb") as f:
+        f.write(json.dumps({"text": "普通の文書です。"}, ensure_ascii=False).encode() + b"\n")
+        f.write(b'{"text": "' + big + b'"}\n')
+        f.write(os.urandom(2000).replace(b"\n", b"") + b"\n")
+    http = b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+    (tmp_path / "giant.warc").write_bytes(_warc_record(b"response", http + b"<p>" + big + b"</p>")
+                                          + _warc_record(b"response", http + "<p>小さなページ。</p>".encode()))
+    (tmp_path / "junk.txt").write_bytes(os.urandom(5000))
+    for name in ("giant.txt", "giant.html"):
+        docs, rej = items(tmp_path / name)
+        assert not docs and [r.reason for r in rej] == ["document_too_large"] and len(rej[0].raw) <= 4096
+        assert "bytes > max" in rej[0].detail
+    docs, rej = items(tmp_path / "mixed.jsonl")
+    assert [d.text for d in docs] == ["普通の文書です。"]
+    assert [r.reason for r in rej] == ["document_too_large", "invalid_utf8"]
+    docs, rej = items(tmp_path / "giant.warc")
+    assert [d.text for d in docs] == ["小さなページ。"] and [r.reason for r in rej] == ["document_too_large"]
+    docs, rej = items(tmp_path / "junk.txt")
+    assert not docs and rej[0].reason == "invalid_utf8"

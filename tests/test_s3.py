@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kura.io import MANIFEST_NAME, Storage, StorageError, materialize_versioned
+from kura.io import MANIFEST_NAME, Storage, StorageError, materialize_versioned, sha256_file
 
 
 @pytest.fixture
@@ -39,8 +39,9 @@ def test_wrong_credentials_give_a_clear_error(s3_server):
         bad.write_json("a.json", {"a": 1})
 
 
-def test_assets_run_with_storage_on_s3(s3_server, tmp_path, monkeypatch):
-    """raw_corpus and cleaned with the storage root on S3; credentials come from the environment (EnvVar)."""
+def test_assets_run_with_storage_and_input_on_s3(s3_server, tmp_path, monkeypatch):
+    """raw_corpus and cleaned with the input corpus and the storage root on S3 (a JSONL and a WARC file);
+    credentials come from the environment (EnvVar)."""
     from assets.corpus import cleaned, corpus_partitions, raw_corpus
     from kura.corpus.default import DefaultCorpusConfig, write_default_corpus
     from resources import CorpusResource, ManifestIOManager, StorageResource
@@ -52,14 +53,27 @@ def test_assets_run_with_storage_on_s3(s3_server, tmp_path, monkeypatch):
                               access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
                               secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
                               cache_dir=str(tmp_path / "cache"))
-    res = {"storage": storage, "io_manager": ManifestIOManager(storage=storage),
-           "corpus": CorpusResource(path=str(tmp_path / "corpus"))}
+    inputs = Storage(f"s3://{s3_server.bucket}/inputs", endpoint_url=s3_server.endpoint, key=s3_server.key,
+                     secret=s3_server.secret)
+    local_names = sorted(p.name for p in (tmp_path / "corpus").iterdir())
+    for name in local_names:
+        inputs.write_bytes(f"crawl/{name}", (tmp_path / "corpus" / name).read_bytes())
+    corpus = CorpusResource(path=f"s3://{s3_server.bucket}/inputs", endpoint_url=s3_server.endpoint,
+                            access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
+                            secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"), cache_dir=str(tmp_path / "cache"))
+    res = {"storage": storage, "io_manager": ManifestIOManager(storage=storage), "corpus": corpus}
+    with dg.build_resources({"corpus": corpus}) as built:
+        keys = built.corpus.list_files()
+    assert keys == [f"crawl/{n}" for n in local_names]
     instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(corpus_partitions.name, ["web-00.jsonl"])
-    r = dg.materialize([raw_corpus, cleaned], partition_key="web-00.jsonl", instance=instance, resources=res)
-    assert r.success
-    m = r.output_for_node("cleaned")
-    assert m["uri"].startswith("s3://kura/demo/cleaned/web-00.jsonl/") and m["kept"] > 0
-    assert [c.passed for c in r.get_asset_check_evaluations()] == [True, True]
+    instance.add_dynamic_partitions(corpus_partitions.name, keys)
+    for key in ("crawl/web-00.jsonl", "crawl/crawl-00.warc.gz"):
+        r = dg.materialize([raw_corpus, cleaned], partition_key=key, instance=instance, resources=res)
+        assert r.success
+        m = r.output_for_node("cleaned")
+        assert m["uri"].startswith(f"s3://kura/demo/cleaned/{key}/") and m["kept"] > 0
+        assert [c.passed for c in r.get_asset_check_evaluations()] == [True, True]
+        raw = r.output_for_node("raw_corpus")
+        assert raw["source_sha256"] == sha256_file(tmp_path / "corpus" / key.split("/")[1]), "the bytes on S3"
     md = instance.get_latest_materialization_event(dg.AssetKey("cleaned")).asset_materialization.metadata
     assert s3_server.secret not in str(md) and s3_server.key not in str(md)

@@ -118,3 +118,37 @@ def test_quality_classifier_learns_good_from_bad_and_round_trips(tmp_path):
 
     with pytest.raises(ValueError, match="both positive and negative"):
         QualityClassifier.train(good, [], cfg)
+
+
+def test_char_ngram_lm_prefers_text_like_its_reference_and_round_trips(tmp_path):
+    import random
+
+    import numpy as np
+
+    from kura.corpus.default import DefaultCorpusConfig, generate_labelled
+    from kura.text.ngram_lm import CharNgramLM, NgramLMConfig
+
+    clean = [t for t, lab in generate_labelled(DefaultCorpusConfig(seed=3, n_docs=600)) if lab["kind"] == "clean"]
+    train, held = clean[: len(clean) // 2], clean[len(clean) // 2:]
+    lm = CharNgramLM.train(train, NgramLMConfig(order=4, n_buckets=1 << 16))
+    rng = random.Random(0)
+    shuffled = ["".join(rng.sample(t, len(t))) for t in held[:30]]
+    p_held, p_shuf = np.median(lm.perplexities(held[:30])), np.median(lm.perplexities(shuffled))
+    assert 1.0 < p_held < p_shuf / 5, (p_held, p_shuf)
+    assert np.all(np.exp(lm.logprobs(held[0])) <= 1.0)
+    assert lm.perplexity("") == float("inf")
+    lm.save(tmp_path)
+    assert np.allclose(CharNgramLM.load(tmp_path).perplexities(held[:5]), lm.perplexities(held[:5]))
+
+
+def test_repeated_ngram_rule_and_raw_length_cap():
+    from kura.text.filters import CleanConfig, clean_documents, duplicate_ngram_char_fraction
+
+    spam = "本日限りの特別価格でご提供いたしますので、ぜひこの機会にお買い求めください。在庫に限りがあります。" * 4
+    assert duplicate_ngram_char_fraction(spam, 50) > 0.9
+    assert duplicate_ngram_char_fraction("一二三四五六七八九十" * 2, 50) == 0.0
+    prose = "東京の歴史について学びました。" + "".join(f"第{i}章では{i * 7}年の出来事を扱います。" for i in range(12))
+    assert duplicate_ngram_char_fraction(prose, 50) == 0.0
+    docs = [{"doc_id": "a", "source": "s", "text": spam}, {"doc_id": "b", "source": "s", "text": "あ" * 300_000}]
+    res = clean_documents(docs, CleanConfig())
+    assert dict(res.drops) == {"repeated_ngrams": 1, "too_long": 1}

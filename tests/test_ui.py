@@ -49,8 +49,9 @@ def test_webserver_serves_the_asset_graph_on_loopback(tmp_path):
         assert graph["packed_dataset/web"] == {"data_mix/web", "tokenizer"}
         assert graph["data_mix/instruct"] == {"data_mix/web", "deduplicated", "synthetic", "tokenizer"}
         assert graph["eval_perplexity"] == {"base_model", "packed_dataset/web", "packed_dataset/instruct"}
-        assert len(graph) == 15
-        assert graph["data_mix/web"] == {"deduplicated", "synthetic", "tokenizer", "quality_classifier"}
+        assert len(graph) == 16
+        assert graph["data_mix/web"] == {"deduplicated", "synthetic", "tokenizer", "quality_classifier",
+                                         "reference_lm"}
         # with telemetry on, Dagster creates $DAGSTER_HOME/.telemetry/id.yaml at start-up (checked by hand)
         assert not (dh / ".telemetry").exists(), "telemetry is off"
     finally:

@@ -7,8 +7,9 @@ Shift_JIS and EUC-JP) and their main text is extracted with resiliparse (measure
 Trafilatura; it keeps some navigation lines, which the boilerplate filter removes).
 Nothing here raises on bad data: an unreadable file, a truncated gzip or parquet file, a line that is not valid
 UTF-8, a malformed JSON line, a record without text, or an empty file each become a `Rejected` entry with a reason
-and the raw bytes (capped), so the caller can quarantine and count them. Lines are streamed, so a multi-GB JSONL
-file never has to fit in memory.
+and the raw bytes (capped), so the caller can quarantine and count them. Lines, rows and WARC records are
+streamed, so a multi-GB file never has to fit in memory; a single document over `max_bytes` (a 50 MB page, a log
+dump pasted into one JSON line) is rejected as `document_too_large` without being decoded or extracted.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Iterator, Union
 
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".txt", ".html", ".htm", ".warc", ".warc.gz")
 RAW_CAP = 4096  # bytes of a rejected record kept for inspection
+MAX_DOCUMENT_BYTES = 8 << 20  # default cap of one document's raw size (no useful web page is this large)
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ def is_supported(name: str) -> bool:
     return name.lower().endswith(SUPPORTED_SUFFIXES)
 
 
-def read_corpus_file(path: str | Path, source: str, text_field: str = "text", id_field: str = "id") -> Iterator[Item]:
+def read_corpus_file(path: str | Path, source: str, text_field: str = "text", id_field: str = "id",
+                     max_bytes: int = MAX_DOCUMENT_BYTES) -> Iterator[Item]:
     path = Path(path)
     name = path.name.lower()
     try:
@@ -56,27 +59,34 @@ def read_corpus_file(path: str | Path, source: str, text_field: str = "text", id
             yield Rejected(source, 0, "empty_file", "file has 0 bytes", b"")
             return
         if name.endswith((".jsonl", ".jsonl.gz")):
-            yield from _read_jsonl(path, source, text_field, id_field)
+            yield from _read_jsonl(path, source, text_field, id_field, max_bytes)
         elif name.endswith(".parquet"):
-            yield from _read_parquet(path, source, text_field, id_field)
+            yield from _read_parquet(path, source, text_field, id_field, max_bytes)
         elif name.endswith((".html", ".htm")):
-            yield from _read_single(path, source, html=True)
+            yield from _read_single(path, source, html=True, max_bytes=max_bytes)
         elif name.endswith((".warc", ".warc.gz")):
-            yield from _read_warc(path, source)
+            yield from _read_warc(path, source, max_bytes)
         elif name.endswith(".txt"):
-            yield from _read_single(path, source, html=False)
+            yield from _read_single(path, source, html=False, max_bytes=max_bytes)
         else:
             yield Rejected(source, 0, "unsupported_format", f"suffix not in {SUPPORTED_SUFFIXES}", b"")
     except OSError as e:  # permission denied, I/O error, vanished file
         yield Rejected(source, 0, "unreadable_file", f"{type(e).__name__}: {e}", b"")
 
 
-def _read_jsonl(path: Path, source: str, text_field: str, id_field: str) -> Iterator[Item]:
+def _too_large(source: str, n: int, size: int, max_bytes: int, head: bytes) -> Rejected:
+    return Rejected(source, n, "document_too_large", f"{size} bytes > max {max_bytes}", head[:RAW_CAP])
+
+
+def _read_jsonl(path: Path, source: str, text_field: str, id_field: str, max_bytes: int) -> Iterator[Item]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     n = 0
     with opener(path, "rb") as f:
         try:
             for n, line in enumerate(f, start=1):
+                if len(line) > max_bytes:
+                    yield _too_large(source, n, len(line), max_bytes, line)
+                    continue
                 yield _parse_jsonl_line(line, n, source, text_field, id_field)
         except (EOFError, zlib.error, gzip.BadGzipFile) as e:
             # a truncated or corrupt .gz: everything read so far is kept, the rest is named and counted
@@ -100,7 +110,7 @@ def _parse_jsonl_line(line: bytes, n: int, source: str, text_field: str, id_fiel
     return Document(f"{source}:{n}", obj[text_field], source, n, str(obj.get(id_field) or ""))
 
 
-def _read_parquet(path: Path, source: str, text_field: str, id_field: str) -> Iterator[Item]:
+def _read_parquet(path: Path, source: str, text_field: str, id_field: str, max_bytes: int) -> Iterator[Item]:
     import pyarrow.parquet as pq
 
     try:
@@ -120,6 +130,8 @@ def _read_parquet(path: Path, source: str, text_field: str, id_field: str) -> It
             for text, did in zip(d[text_field], ids):
                 if not isinstance(text, str):
                     yield Rejected(source, row, "missing_text_field", "null text", b"")
+                elif len(text) > max_bytes // 4 and len(text.encode()) > max_bytes:
+                    yield _too_large(source, row, len(text.encode()), max_bytes, text[:RAW_CAP].encode())
                 else:
                     yield Document(f"{source}:{row}", text, source, row, str(did or ""))
                 row += 1
@@ -136,7 +148,12 @@ def html_to_text(data: bytes, declared_charset: str | None = None) -> str:
     return extract_plain_text(bytes_to_str(data, enc), main_content=True)
 
 
-def _read_single(path: Path, source: str, html: bool) -> Iterator[Item]:
+def _read_single(path: Path, source: str, html: bool, max_bytes: int) -> Iterator[Item]:
+    size = path.stat().st_size
+    if size > max_bytes:
+        with open(path, "rb") as f:
+            yield _too_large(source, 0, size, max_bytes, f.read(RAW_CAP))
+        return
     data = path.read_bytes()
     if html:
         yield Document(f"{source}:0", html_to_text(data), source, 0)
@@ -149,7 +166,7 @@ def _read_single(path: Path, source: str, html: bool) -> Iterator[Item]:
     yield Document(f"{source}:0", s, source, 0)
 
 
-def _read_warc(path: Path, source: str) -> Iterator[Item]:
+def _read_warc(path: Path, source: str, max_bytes: int) -> Iterator[Item]:
     """Each WARC record is accounted for: HTML responses become documents; other records (requests, metadata,
     non-HTML responses) and truncated or unparseable records are rejected with their reason."""
     from fastwarc.warc import ArchiveIterator
@@ -160,6 +177,9 @@ def _read_warc(path: Path, source: str) -> Iterator[Item]:
             for n, rec in enumerate(ArchiveIterator(f, parse_http=False), start=1):
                 rtype = rec.headers.get("WARC-Type", "")
                 uri = rec.headers.get("WARC-Target-URI", "")
+                if rec.content_length > max_bytes:  # skipped by the iterator without being read into memory
+                    yield _too_large(source, n, rec.content_length, max_bytes, uri.encode())
+                    continue
                 block = rec.reader.read()
                 if len(block) < rec.content_length:
                     yield Rejected(source, n, "truncated_record",

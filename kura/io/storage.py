@@ -21,6 +21,8 @@ from typing import Any, Iterator
 
 import fsspec
 
+from kura.io.hashing import stable_hash
+
 
 class StorageError(RuntimeError):
     """A storage problem with the URI and the operation that failed in its message."""
@@ -134,6 +136,44 @@ class Storage:
         except Exception as e:  # noqa: BLE001
             raise StorageError(f"cannot upload to {self.uri(rel)}: {e}") from e
         return True
+
+    def list_files(self, rel: str = "") -> list[str]:
+        """Paths of every file under `rel`, relative to the root, sorted (recursive; folder markers skipped)."""
+        base = self.path(rel)
+        try:
+            found = self.fs.find(base)
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot list {self.uri(rel)}: {e}") from e
+        out = []
+        for p in found:
+            r = p[len(self._root_path):].lstrip("/")
+            if r and not r.endswith("/"):
+                out.append(r)
+        return sorted(out)
+
+    def local_file(self, rel: str) -> Path:
+        """A local copy of one file (the file itself on a local root). On an object store the object is streamed
+        to a cache file keyed by its ETag and size (a changed object gets a new copy), written to a temp name and
+        renamed, so a killed download never leaves a half file that looks complete."""
+        if self.is_local:
+            return Path(self.path(rel))
+        try:
+            info = self.fs.info(self.path(rel))
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot stat {self.uri(rel)}: {e}") from e
+        tag = stable_hash({"etag": str(info.get("ETag", "")), "size": info.get("size")})
+        target = self.cache_dir / self.protocol / "files" / tag / self._root_path / rel
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+        try:
+            self.fs.get_file(self.path(rel), str(tmp))
+            os.replace(tmp, target)
+        except Exception as e:  # noqa: BLE001
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot download {self.uri(rel)}: {e}") from e
+        return target
 
     def local_dir(self, rel: str) -> Path:
         """A local folder with the contents of `rel` (the folder itself on a local root; a cached download,

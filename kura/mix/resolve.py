@@ -30,9 +30,10 @@ def is_heldout(doc_id: str, fraction: float) -> bool:
 
 
 def phase_documents(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs],
-                    quality=None) -> dict[str, list[dict]]:
-    """{source label: documents as this phase sees them} — language- and quality-bucket-filtered, chat-rendered
-    where asked. `quality(texts) -> scores in [0, 1]` is needed when a source selects a quality bucket."""
+                    quality=None, perplexity=None) -> dict[str, list[dict]]:
+    """{source label: documents as this phase sees them} — language-, quality-bucket- and perplexity-filtered,
+    chat-rendered where asked. `quality(texts) -> scores in [0, 1]` is needed when a source selects a quality
+    bucket, `perplexity(texts) -> perplexities` when it sets max_perplexity."""
     out = {}
     for s in phase.sources:
         if s.source not in sources:
@@ -46,6 +47,12 @@ def phase_documents(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDoc
             hi = s.max_quality if s.max_quality is not None else 1.0 + 1e-9
             scores = quality([d["text"] for d in docs])
             docs = [{**d, "quality": float(q)} for d, q in zip(docs, scores) if lo <= q < hi]
+        if s.uses_perplexity:
+            if perplexity is None:
+                raise MixError(f"mix {spec.name}: phase {phase.name!r}: source {s.label!r} sets max_perplexity "
+                               f"but no reference language model was given")
+            ppl = perplexity([d["text"] for d in docs])
+            docs = [{**d, "perplexity": float(p)} for d, p in zip(docs, ppl) if p <= s.max_perplexity]
         if s.chat_template:
             t = spec.chat_templates[s.chat_template]
             missing = [d["doc_id"] for d in docs if not d.get("turns")]
@@ -72,12 +79,12 @@ def _take(order, items, target, label):
 
 
 def resolve_phase(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs], count_tokens,
-                  replay_pool: list[dict] | None = None, quality=None
+                  replay_pool: list[dict] | None = None, quality=None, perplexity=None
                   ) -> tuple[list[dict], dict, dict[str, list[dict]]]:
     """`count_tokens(list[str]) -> list[int]`. Returns (selection rows, summary, phase documents by label)."""
     rows: list[dict] = []
     budgets = phase.source_tokens()
-    docs_by_label = phase_documents(spec, phase, sources, quality)
+    docs_by_label = phase_documents(spec, phase, sources, quality, perplexity)
     summary: dict = {"phase": phase.name, "sequence_length": phase.sequence_length, "sources": {}}
     for s in phase.sources:
         docs = docs_by_label[s.label]
@@ -104,6 +111,7 @@ def resolve_phase(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs]
         summary["sources"][s.label] = {
             "asset": s.source, "weight": s.weight, "budget_tokens": target, "lang": s.lang,
             "quality_bucket": [s.min_quality, s.max_quality] if s.uses_quality else None,
+            "max_perplexity": s.max_perplexity,
             "chat_template": s.chat_template, "loss_mask": s.loss_mask,
             "upstream_versions": sources[s.source].versions, "documents_available": len(docs),
             "train_tokens_available": available, "tokens_selected": taken,

@@ -42,6 +42,9 @@ class MixSource(BaseModel):
                                                                     "classifier scores at least this high.")
     max_quality: float | None = Field(None, ge=0, le=1, description="Quality bucket: only documents scored "
                                                                     "below this.")
+    max_perplexity: float | None = Field(None, gt=0, description="Perplexity filter: only documents the "
+                                                                   "reference character n-gram LM (reference_lm "
+                                                                   "asset) scores at or below this (CCNet-style).")
     max_epochs: float = Field(1.0, ge=1.0, description="How often the source may be repeated to meet its budget.")
     chat_template: str | None = Field(None, description="Render the source's conversations with this template "
                                                         "(a key of the mix's chat_templates).")
@@ -54,11 +57,17 @@ class MixSource(BaseModel):
         if self.min_quality is not None or self.max_quality is not None:
             q = f"[q{self.min_quality if self.min_quality is not None else 0:g}-" \
                 f"{self.max_quality if self.max_quality is not None else 1:g}]"
+        if self.max_perplexity is not None:
+            q += f"[ppl<={self.max_perplexity:g}]"
         return self.source + (f"[{self.lang}]" if self.lang else "") + q
 
     @property
     def uses_quality(self) -> bool:
         return self.min_quality is not None or self.max_quality is not None
+
+    @property
+    def uses_perplexity(self) -> bool:
+        return self.max_perplexity is not None
 
     @model_validator(mode="after")
     def _one_budget(self) -> "MixSource":

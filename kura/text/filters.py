@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from kura.text.normalize import detect_language, normalize_text, script_counts
@@ -32,6 +33,15 @@ class CleanConfig(BaseModel):
         0.5, description="Drop a document when more than this fraction of its lines were ad/boilerplate lines.")
     max_duplicate_line_fraction: float = Field(
         0.3, description="Drop a document when more than this fraction of its lines repeat an earlier line.")
+    max_duplicate_ngram_char_fraction: float = Field(
+        0.3, description="Drop a document when more than this share of its characters lie in character n-grams "
+                         "(length duplicate_ngram_chars) that occur more than once — Gopher's duplicated-n-gram rule "
+                         "(0.10–0.15 over 5–10 words), on characters so that it works without word boundaries.")
+    duplicate_ngram_chars: int = Field(50, ge=5, description="n of the duplicated character n-gram rule (~10 "
+                                                             "English words, ~2 Japanese sentences).")
+    max_raw_chars: int = Field(200_000, description="Documents longer than this before cleanup are dropped as "
+                                                    "too_long without being normalized (bounds the time spent on "
+                                                    "giant pages).")
     max_replacement_char_fraction: float = Field(
         0.0, description="Drop a document when more than this fraction of its characters are U+FFFD (bytes that "
                          "were lost in a bad decode and that ftfy cannot restore).")
@@ -53,6 +63,7 @@ class CleanConfig(BaseModel):
         if not 0 <= self.min_chars < self.max_chars:
             raise ValueError(f"need 0 <= min_chars < max_chars, got {self.min_chars}, {self.max_chars}")
         for name in ("max_boilerplate_line_fraction", "max_duplicate_line_fraction", "max_replacement_char_fraction",
+                     "max_duplicate_ngram_char_fraction",
                      "min_hiragana_fraction", "min_sentence_end_fraction", "max_bullet_line_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
@@ -110,11 +121,36 @@ def duplicate_line_fraction(text: str) -> float:
     return dup / len(lines)
 
 
+def duplicate_ngram_char_fraction(text: str, n: int) -> float:
+    """Share of characters covered by character n-grams that occur more than once in the text (vectorized: rolling
+    hash of every n-gram, repeated hashes found with one np.unique, coverage by a difference array)."""
+    cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    if len(cps) <= n:
+        return 0.0
+    h = np.zeros(len(cps) - n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            h = h * np.uint64(1_000_003) + cps[k: len(cps) - n + 1 + k]
+    _, inv, counts = np.unique(h, return_inverse=True, return_counts=True)
+    starts = np.nonzero(counts[inv] > 1)[0]
+    if not len(starts):
+        return 0.0
+    diff = np.zeros(len(cps) + 1, dtype=np.int32)
+    np.add.at(diff, starts, 1)
+    np.add.at(diff, starts + n, -1)
+    return float(np.count_nonzero(np.cumsum(diff[:-1]))) / len(cps)
+
+
 def clean_documents(docs: Iterable[dict], cfg: CleanConfig) -> CleanResult:
     """`docs`: dicts with doc_id, text, source. Kept documents gain `lang`, `lang_score`, `n_chars`."""
     res = CleanResult()
     for d in docs:
         res.stats["documents_in"] += 1
+        if len(d["text"]) > cfg.max_raw_chars:
+            res.drops["too_long"] += 1
+            res.rejected.append({"doc_id": d["doc_id"], "source": d["source"], "reason": "too_long",
+                                 "text": d["text"][:20_000]})
+            continue
         text, repaired = normalize_text(d["text"], cfg.repair_mojibake)
         res.stats["mojibake_repaired"] += repaired
         text, removed, nonblank = strip_ad_lines(text, cfg.ad_phrases)
@@ -135,6 +171,8 @@ def clean_documents(docs: Iterable[dict], cfg: CleanConfig) -> CleanResult:
             reason = "too_long"
         elif duplicate_line_fraction(text) > cfg.max_duplicate_line_fraction:
             reason = "repetitive"
+        elif duplicate_ngram_char_fraction(text, cfg.duplicate_ngram_chars) > cfg.max_duplicate_ngram_char_fraction:
+            reason = "repeated_ngrams"
         elif text.count("\ufffd") / len(text) > cfg.max_replacement_char_fraction:
             reason = "replacement_chars"
         lang, score = detect_language(text) if text else ("other", 0.0)
