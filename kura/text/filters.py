@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterable
 
 import numpy as np
@@ -78,12 +79,18 @@ class CleanResult:
     stats: Counter = field(default_factory=Counter)
 
 
+@lru_cache(maxsize=16)
+def _phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern | None:
+    """One case-insensitive alternation for all phrases (one scan per line instead of one per phrase)."""
+    return re.compile("|".join(re.escape(p) for p in phrases), re.IGNORECASE) if phrases else None
+
+
 def strip_ad_lines(text: str, phrases: Iterable[str]) -> tuple[str, int, int]:
     """Remove lines containing an ad phrase; returns (text, removed lines, non-blank lines before)."""
-    lowered = [p.lower() for p in phrases]
+    pattern = _phrase_pattern(tuple(phrases))
     lines = text.split("\n")
     nonblank = sum(1 for ln in lines if ln.strip())
-    kept = [ln for ln in lines if not any(p in ln.lower() for p in lowered)]
+    kept = [ln for ln in lines if not pattern.search(ln)] if pattern else lines
     return "\n".join(kept).strip(), len(lines) - len(kept), nonblank
 
 
@@ -135,9 +142,7 @@ def duplicate_ngram_char_fraction(text: str, n: int) -> float:
     starts = np.nonzero(counts[inv] > 1)[0]
     if not len(starts):
         return 0.0
-    diff = np.zeros(len(cps) + 1, dtype=np.int32)
-    np.add.at(diff, starts, 1)
-    np.add.at(diff, starts + n, -1)
+    diff = np.bincount(starts, minlength=len(cps) + 1) - np.bincount(starts + n, minlength=len(cps) + 1)
     return float(np.count_nonzero(np.cumsum(diff[:-1]))) / len(cps)
 
 
