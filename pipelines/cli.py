@@ -179,6 +179,28 @@ def freeze_cmd(args) -> int:
     return 0
 
 
+def k8s_cmd(args) -> int:
+    """Render the GPU job templates (validated against the Kubernetes schemas) as YAML into a folder."""
+    import yaml
+
+    from kura.k8s.manifests import (MegatronJobConfig, VllmJobConfig, megatron_training, validate,
+                                    vllm_generation_job)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    docs = {"vllm-generation-job.yaml": [vllm_generation_job("kura-synthetic-example", VllmJobConfig(),
+                                                             "s3://kura-artifacts/requests/example.json",
+                                                             "s3://kura-artifacts/results/example.json")],
+            "megatron-training.yaml": megatron_training("kura-pretrain-example", MegatronJobConfig(),
+                                                        ["--use-mcore-models"])}
+    for name, objs in docs.items():
+        for o in objs:
+            validate(o)
+        (out / name).write_text(yaml.safe_dump_all(objs, sort_keys=False))
+        print(f"wrote {out / name} ({len(objs)} objects, schema-valid)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kura", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -196,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("asset")
     f.add_argument("--out", required=True)
     f.add_argument("--home", default=os.environ.get("KURA_HOME", ".kura"))
+    k = sub.add_parser("k8s", help="render the GPU Job templates (vLLM generation, Megatron Indexed Job) as YAML")
+    k.add_argument("--out", default="k8s/rendered")
     args = p.parse_args(argv)
-    return {"demo": demo, "ui": ui, "freeze": freeze_cmd}[args.cmd](args)
+    return {"demo": demo, "ui": ui, "freeze": freeze_cmd, "k8s": k8s_cmd}[args.cmd](args)
 
 
 if __name__ == "__main__":

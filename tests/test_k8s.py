@@ -1,0 +1,54 @@
+"""Level 1: the Kubernetes objects kura renders validate against the official schemas (strict)."""
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+
+from kura.k8s.manifests import (GpuPool, MegatronJobConfig, VllmJobConfig, megatron_training, secret, validate,
+                                vllm_generation_job)
+
+
+def test_vllm_generation_job_is_a_valid_gpu_job():
+    job = vllm_generation_job("synthetic-2026-11-21-qa", VllmJobConfig(gpu=GpuPool(gpus_per_node=1,
+                                                                                   gpu_product="NVIDIA-H100")),
+                              "s3://kura/requests/r.json", "s3://kura/results/r.json")
+    validate(job)
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == {"kura.dev/pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-H100"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert c["command"][:3] == ["python", "-m", "kura.synth.vllm_worker"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    assert c["envFrom"] == [{"secretRef": {"name": "kura-s3"}}]
+    assert not any("SECRET" in e["name"] for e in c["env"]), "credentials only through the Secret"
+
+
+def test_megatron_indexed_job_and_headless_service():
+    cfg = MegatronJobConfig(nodes=4)
+    svc, job = megatron_training("pretrain-run-03", cfg, ["--num-layers", "32", "--hidden-size", "4096"])
+    validate(svc)
+    validate(job)
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"] == {"kura.dev/job": "pretrain-run-03"}
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 4
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == svc["metadata"]["name"]
+    cmd = pod["containers"][0]["command"]
+    assert "--nnodes=4" in cmd and "--node-rank=$(JOB_COMPLETION_INDEX)" in cmd
+    assert "--master-addr=pretrain-run-03-0.pretrain-run-03.kura.svc.cluster.local" in cmd
+    assert cmd[-4:] == ["--num-layers", "32", "--hidden-size", "4096"]
+    assert "dvc pull" in pod["initContainers"][0]["command"][-1]
+    assert pod["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == "8"
+
+
+def test_secret_renders_and_invalid_objects_are_refused():
+    validate(secret("kura-s3", "kura", {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}))
+    job = vllm_generation_job("x", VllmJobConfig(), "a", "b")
+    job["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1  # not a Container field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(job)
+    job = vllm_generation_job("x", VllmJobConfig(), "a", "b")
+    job["spec"]["backoffLimit"] = "three"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(job)
