@@ -4,8 +4,8 @@ Dagster assets run the same library functions stage by stage (raw_corpus → cle
 
 Parallelism: each worker process takes whole input files (read + extract + clean + MinHash signatures) and writes
 the surviving documents of a file to its own parquet shard; the parent process only sees ids, exact-dedup keys and
-signatures, which it checks in file order against the global exact set and LSH index (so the first copy wins, as
-in the asset), then filters each shard by the kept ids. Memory: one file's documents per worker plus the index
+signatures, which it checks in file order with the asset's dedup (kura.dedup.incremental.dedup_signed, so the
+first copy wins), then filters each shard by the kept ids. Memory: one file's documents per worker plus the index
 (~1 KB per kept document) — not the corpus.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from kura.corpus.readers import MAX_DOCUMENT_BYTES, Document, read_corpus_file
 from kura.dedup.exact import dedup_key
-from kura.dedup.minhash import LSHIndex, MinHashConfig, MinHasher
+from kura.dedup.incremental import DedupState, dedup_signed
+from kura.dedup.minhash import MinHashConfig, MinHasher
 from kura.text.filters import CleanConfig, clean_documents
 
 SHARD_SCHEMA = pa.schema([("doc_id", pa.string()), ("url", pa.string()), ("lang", pa.string()),
@@ -72,31 +73,20 @@ def curate_files(paths: list[Path], out_dir: Path, clean_cfg: CleanConfig | None
     jobs = [(str(p), str(out_dir / f".{i:05d}.stage.parquet"), clean, mh, max_document_bytes)
             for i, p in enumerate(paths)]
     res = CurationResult(input_bytes=sum(Path(p).stat().st_size for p in paths))
-    seen: set = set()
-    index = LSHIndex(mh_cfg) if mh_cfg else None
-    hasher = MinHasher(mh_cfg) if mh_cfg else None
+    state = DedupState(mh_cfg or MinHashConfig(), near=mh_cfg is not None)
+    hasher = MinHasher(state.cfg)
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers) as pool:
         for i, r in enumerate(pool.imap(_clean_file, jobs)):  # in file order: the first copy wins
             res.documents_in += r["n_in"]
             res.dropped.update(r["drops"])
-            keep_ids = set()
-            for j, (doc_id, url, key) in enumerate(zip(r["ids"], r["urls"], r["keys"])):
-                if key in seen:
-                    res.dropped["exact_duplicate"] += 1
-                    res.duplicate_urls.add(url)
-                    continue
-                if index is not None:
-                    sig = r["sigs"][j]
-                    band = hasher.band_keys(sig)
-                    if index.query(band, sig) is not None:
-                        res.dropped["near_duplicate"] += 1
-                        res.duplicate_urls.add(url)
-                        continue
-                    index.add(doc_id, band, sig)
-                seen.add(key)
-                keep_ids.add(doc_id)
-                res.kept_urls.add(url)
+            rows = [{"doc_id": i, "url": u} for i, u in zip(r["ids"], r["urls"])]
+            kept, dups = dedup_signed(state, hasher, rows, r["keys"],
+                                      r["sigs"] if r["sigs"] is not None else [None] * len(rows))
+            res.dropped.update(d["reason"] for d in dups)
+            res.duplicate_urls.update(d["url"] for d in dups)
+            res.kept_urls.update(d["url"] for d in kept)
+            keep_ids = {d["doc_id"] for d in kept}
             res.kept += len(keep_ids)
             stage = Path(jobs[i][1])
             t = pq.read_table(stage)

@@ -6,6 +6,7 @@ import json
 
 import dagster as dg
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from kura.corpus.default import DefaultCorpusConfig, generate_labelled
@@ -105,3 +106,19 @@ def test_batch_shingling_equals_per_document_shingling():
     flat, offsets = h.shingle_batch(long)
     for i, t in enumerate(long):
         assert np.array_equal(np.unique(flat[int(offsets[i]): int(offsets[i + 1])]), h.shingles(t)), t
+
+
+def test_curate_files_on_a_labelled_crawl_accounts_for_every_page(tmp_path):
+    from kura.corpus.webcrawl import JUNK_KINDS, read_labels, write_web_crawl
+    from kura.curate import curate_files
+
+    paths = write_web_crawl(tmp_path / "crawl", target_mb=1.5, pages_per_file=60)
+    res = curate_files(paths, tmp_path / "out", workers=2)
+    labels = read_labels(tmp_path / "crawl")
+    assert res.documents_in == len(labels) == res.kept + sum(res.dropped.values())
+    clean_ja = [u for u, lab in labels.items() if lab["kind"] == "clean" and lab["lang"] == "ja"]
+    junk = [u for u, lab in labels.items() if lab["kind"] in JUNK_KINDS and lab["kind"] != "mojibake"]
+    assert sum(u in res.kept_urls for u in clean_ja) / len(clean_ja) >= 0.9
+    assert sum(u not in res.kept_urls for u in junk) / len(junk) >= 0.9
+    assert res.duplicate_urls and res.duplicate_urls.isdisjoint(res.kept_urls)
+    assert sum(pq.read_metadata(f).num_rows for f in res.output_files) == res.kept

@@ -29,7 +29,10 @@ class ExactDeduper:
 
     def check(self, doc_id: str, text: str) -> str | None:
         """None if the document is new (and remember it), else the doc_id of the first copy."""
-        k = dedup_key(text)
+        return self.check_key(doc_id, dedup_key(text))
+
+    def check_key(self, doc_id: str, k: bytes) -> str | None:
+        """`check` for a key computed elsewhere (e.g. in a worker process that holds the text)."""
         first = self.seen.get(k)
         if first is None:
             self.seen[k] = doc_id

@@ -56,10 +56,17 @@ class DedupState:
 
 def dedup_shard(state: DedupState, hasher: MinHasher, rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """One shard against everything seen so far; returns (kept, duplicates with reason and duplicate_of)."""
-    kept, dups = [], []
     sigs = hasher.signatures([r["text"] for r in rows]) if state.near else [None] * len(rows)
-    for r, sig in zip(rows, sigs):
-        first = state.exact.check(r["doc_id"], r["text"])
+    return dedup_signed(state, hasher, rows, [dedup_key(r["text"]) for r in rows], sigs)
+
+
+def dedup_signed(state: DedupState, hasher: MinHasher, rows: list[dict], keys: list[bytes],
+                 sigs) -> tuple[list[dict], list[dict]]:
+    """`dedup_shard` with exact keys and signatures computed elsewhere (worker processes that hold the texts);
+    `rows` need only a doc_id."""
+    kept, dups = [], []
+    for r, key, sig in zip(rows, keys, sigs):
+        first = state.exact.check_key(r["doc_id"], key)
         if first is not None:
             dups.append({**r, "reason": "exact_duplicate", "duplicate_of": first, "similarity": 1.0})
             continue
@@ -67,7 +74,7 @@ def dedup_shard(state: DedupState, hasher: MinHasher, rows: list[dict]) -> tuple
             keys = hasher.band_keys(sig)
             hit = state.index.query(keys, sig)
             if hit is not None:
-                state.exact.seen.pop(dedup_key(r["text"]), None)  # not kept: its exact key must not win later
+                state.exact.seen.pop(key, None)  # not kept: its exact key must not win later
                 dups.append({**r, "reason": "near_duplicate", "duplicate_of": hit[0], "similarity": round(hit[1], 4)})
                 continue
             state.index.add(r["doc_id"], keys, sig)
