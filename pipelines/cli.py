@@ -186,6 +186,14 @@ def k8s_cmd(args) -> int:
     from kura.k8s.manifests import (MegatronJobConfig, VllmJobConfig, megatron_training, validate,
                                     vllm_generation_job)
 
+    from kura.k8s.helm import DeploySettings, helm_values
+
+    values = Path(args.values)
+    values.write_text("# Rendered by `python -m pipelines.cli k8s` from kura/k8s/helm.py (DeploySettings); edit the settings\n"
+                      "# there, not this file (tests/test_deploy.py fails when they drift).\n"
+                      "#   helm upgrade --install kura dagster/dagster -n kura -f k8s/values.yaml\n"
+                      + yaml.safe_dump(helm_values(DeploySettings()), sort_keys=False))
+    print(f"wrote {values}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     docs = {"vllm-generation-job.yaml": [vllm_generation_job("kura-synthetic-example", VllmJobConfig(),
@@ -220,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--home", default=os.environ.get("KURA_HOME", ".kura"))
     k = sub.add_parser("k8s", help="render the GPU Job templates (vLLM generation, Megatron Indexed Job) as YAML")
     k.add_argument("--out", default="k8s/rendered")
+    k.add_argument("--values", default="k8s/values.yaml", help="where the Helm values are written")
     args = p.parse_args(argv)
     return {"demo": demo, "ui": ui, "freeze": freeze_cmd, "k8s": k8s_cmd}[args.cmd](args)
 

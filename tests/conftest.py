@@ -182,3 +182,57 @@ def s3_server(tmp_path_factory):
     finally:
         stop_process_group(proc)
         log.close()
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+
+def _pg_bin(name: str) -> str:
+    import glob
+    import shutil
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name)]
+    if not found[-1]:
+        pytest.fail(f"PostgreSQL server binaries ({name}) not found: install Debian's postgresql package "
+                    f"(`apt-get install -y postgresql`, as .ci/run does)")
+    return found[-1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on 127.0.0.1 (Debian's package), password authentication, once per session.
+    PostgreSQL refuses to run as root, so as root the server runs as the package's `postgres` user."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    base = Path(tempfile.mkdtemp(prefix="kura-pg-"))
+    password = "kura-test-pg-password"
+    (base / "pw").write_text(password + "\n")
+    if as_user:
+        for p in (base, base / "pw"):
+            shutil.chown(p, "postgres")
+    port = free_port()
+    data = base / "data"
+
+    def run(*args):
+        return subprocess.run([*as_user, *args], check=True, capture_output=True)
+
+    run(_pg_bin("initdb"), "-D", str(data), "-U", "dagster", "--auth=scram-sha-256", f"--pwfile={base / 'pw'}",
+        "-E", "UTF8", "--locale=C")
+    run(_pg_bin("pg_ctl"), "-D", str(data), "-o", f"-h 127.0.0.1 -p {port} -k {base}", "-l", str(base / "log"),
+        "-w", "start")
+    try:
+        run("env", f"PGPASSWORD={password}", _pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port),
+            "-U", "dagster", "dagster")
+        yield PostgresServer("127.0.0.1", port, "dagster", password, "dagster")
+    finally:
+        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
