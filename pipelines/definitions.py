@@ -8,10 +8,14 @@ vLLM endpoints and Kubernetes jobs).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
+import yaml
 
 from assets.corpus import cleaned, corpus_partitions, deduplicated, raw_corpus
 from assets.evaluation import build_eval_perplexity
+from assets.frozen import frozen_dataset
 from assets.mix import build_mix_assets, load_mix_spec
 from assets.quality import quality_classifier, quality_examples, reference_lm
 from assets.synthetic import daily_partitions, synthetic, teacher_model
@@ -72,6 +76,17 @@ def corpus_files_sensor(context: dg.SensorEvaluationContext, corpus: CorpusResou
         dynamic_partitions_requests=[corpus_partitions.build_add_request(new)] if new else [])
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def frozen_sources(repo: Path = REPO_ROOT) -> list[dg.AssetsDefinition]:
+    """One observable source per folder that dvc.yaml freezes under data/frozen/ (data version = DVC md5)."""
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text()) if (repo / "dvc.yaml").exists() else {}
+    outs = [o for st in (spec.get("stages") or {}).values() for o in st.get("outs", [])
+            if isinstance(o, str) and o.startswith("data/frozen/")]
+    return [frozen_dataset(o.rsplit("/", 1)[-1], o, str(repo)) for o in outs]
+
+
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     s = settings or Settings.from_env()
     mix = load_mix_spec(s.mix_file)
@@ -80,7 +95,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         assets=[raw_corpus, cleaned, deduplicated, teacher_model, quality_examples, quality_classifier, reference_lm,
                 synthetic,
                 tokenizer,
-                *build_mix_assets(s.mix_file, mix), build_base_model(phases), build_eval_perplexity(phases)],
+                *build_mix_assets(s.mix_file, mix), build_base_model(phases), build_eval_perplexity(phases),
+                *frozen_sources()],
         jobs=[ingest_job, curate_job, synthetic_job, model_job],
         schedules=[synthetic_nightly],
         sensors=[corpus_files_sensor,

@@ -49,7 +49,7 @@ def test_webserver_serves_the_asset_graph_on_loopback(tmp_path):
         assert graph["packed_dataset/web"] == {"data_mix/web", "tokenizer"}
         assert graph["data_mix/instruct"] == {"data_mix/web", "deduplicated", "synthetic", "tokenizer"}
         assert graph["eval_perplexity"] == {"base_model", "packed_dataset/web", "packed_dataset/instruct"}
-        assert len(graph) == 16
+        assert len(graph) == 18 and graph["frozen/packed_dataset_web"] == set(), "frozen sources from dvc.yaml"
         assert graph["data_mix/web"] == {"deduplicated", "synthetic", "tokenizer", "quality_classifier",
                                          "reference_lm"}
         # with telemetry on, Dagster creates $DAGSTER_HOME/.telemetry/id.yaml at start-up (checked by hand)

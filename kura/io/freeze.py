@@ -31,3 +31,23 @@ def freeze(storage: Storage, rel_dir: str, out_dir: str | Path) -> dict:
     os.rename(tmp, out)
     assert (out / MANIFEST_NAME).exists()
     return manifest
+
+
+def dvc_md5(repo: str | Path, out_path: str) -> str | None:
+    """The md5 DVC recorded for a tracked output (`<out>.dvc` from `dvc add`, or `dvc.lock` for a stage output);
+    None when it is not tracked yet. For a folder it is the md5 of DVC's directory listing (`….dir`), so any
+    changed file gives a new value — the data version of the frozen dataset."""
+    import yaml
+
+    repo = Path(repo)
+    dvc_file = repo / f"{out_path}.dvc"
+    if dvc_file.exists():
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [])
+        return outs[0].get("md5") if outs else None
+    lock = repo / "dvc.lock"
+    if lock.exists():
+        for stage in ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}).values():
+            for o in stage.get("outs", []):
+                if o.get("path") == out_path:
+                    return o.get("md5")
+    return None
