@@ -58,10 +58,13 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
     from assets.synthetic import daily_partitions
     from pipelines.definitions import INGEST
 
-    corpus = defs.resources["corpus"]
-    files = corpus.list_files()
+    import dagster as dg
+
+    with dg.build_resources({"corpus": defs.resources["corpus"]}) as res:  # resolves EnvVar credentials
+        files = res.corpus.list_files()
+        where = res.corpus.path or str(res.corpus.folder())
     if not files:
-        raise SystemExit(f"no supported files in {corpus.folder()}")
+        raise SystemExit(f"no supported files in {where}")
     existing = set(instance.get_dynamic_partitions(corpus_partitions.name))
     instance.add_dynamic_partitions(corpus_partitions.name, [f for f in files if f not in existing])
     out: dict = {"raw_corpus": {}, "cleaned": {}}

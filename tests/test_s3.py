@@ -77,3 +77,44 @@ def test_assets_run_with_storage_and_input_on_s3(s3_server, tmp_path, monkeypatc
         assert raw["source_sha256"] == sha256_file(tmp_path / "corpus" / key.split("/")[1]), "the bytes on S3"
     md = instance.get_latest_materialization_event(dg.AssetKey("cleaned")).asset_materialization.metadata
     assert s3_server.secret not in str(md) and s3_server.key not in str(md)
+
+
+@pytest.mark.slow
+def test_whole_demo_dag_on_s3(s3_server, tmp_path, monkeypatch):
+    """The demo's whole graph (tiny budgets) with the input corpus and every output on the S3 endpoint, configured
+    only through the environment as on a cluster; nothing is written under a local storage folder."""
+    from dagster._core.test_utils import instance_for_test
+
+    from kura.corpus.default import DefaultCorpusConfig, write_default_corpus
+    from pipelines.cli import run_pipeline
+    from pipelines.definitions import build_definitions
+    from tests.conftest import TINY_OPS, write_mix
+
+    write_default_corpus(tmp_path / "corpus", DefaultCorpusConfig(n_docs=500))
+    inputs = Storage(f"s3://{s3_server.bucket}/demo-input", endpoint_url=s3_server.endpoint, key=s3_server.key,
+                     secret=s3_server.secret)
+    for p in sorted((tmp_path / "corpus").iterdir()):
+        inputs.write_bytes(p.name, p.read_bytes())
+    write_mix(tmp_path / "mix.yaml")
+    for k, v in {"KURA_HOME": str(tmp_path / "home"), "KURA_STORAGE_ROOT": f"s3://{s3_server.bucket}/demo-s3",
+                 "KURA_S3_ENDPOINT": s3_server.endpoint, "KURA_CORPUS_DIR": f"s3://{s3_server.bucket}/demo-input",
+                 "KURA_MIX_FILE": str(tmp_path / "mix.yaml"), "AWS_ACCESS_KEY_ID": s3_server.key,
+                 "AWS_SECRET_ACCESS_KEY": s3_server.secret}.items():
+        monkeypatch.setenv(k, v)
+    defs = build_definitions()
+    with instance_for_test() as instance:
+        out = run_pipeline(instance, defs, day="2026-11-20", ops_config=TINY_OPS, log=lambda *_: None)
+        for asset in ("deduplicated", "reference_lm", "tokenizer", "base_model", "eval_perplexity", "mix_report"):
+            assert out[asset]["uri"].startswith(f"s3://{s3_server.bucket}/demo-s3/{asset}/"), asset
+        for phase in ("web", "instruct"):
+            assert out["packed_dataset"][phase]["uri"].startswith(f"s3://{s3_server.bucket}/demo-s3/packed_dataset/")
+        assert set(out["cleaned"]) == {p.name for p in (tmp_path / "corpus").iterdir()}
+        runs = instance.get_runs()
+        assert len(runs) == len(out["cleaned"]) + 3 and all(r.is_success for r in runs)
+        for key in ("cleaned", "base_model", "packed_dataset/web"):
+            md = instance.get_latest_materialization_event(dg.AssetKey.from_user_string(key))
+            assert s3_server.secret not in str(md) and s3_server.key not in str(md)
+    assert not (tmp_path / "home" / "storage").exists(), "no local storage root was used"
+    st = Storage(f"s3://{s3_server.bucket}/demo-s3", endpoint_url=s3_server.endpoint, key=s3_server.key,
+                 secret=s3_server.secret)
+    assert st.exists(f"{out['base_model']['dir']}/{MANIFEST_NAME}")
