@@ -82,7 +82,7 @@ def synthetic(context: dg.AssetExecutionContext, config: SyntheticConfig, dedupl
     def build(stage):
         docs = read_parquet(st, deduplicated, "documents.parquet", ["doc_id", "text", "lang"]).to_pylist()
         picked = shard.pick_documents(docs, config.docs_per_day, config.seed, day)
-        gen = generator.build(str(st.local_dir(teacher_model["dir"])))
+        gen = generator.build_for(st, teacher_model["dir"])
         out = shard.generate_shard(picked, recipe, gen, sampling, day)
         kept, bad, reasons, res = out.kept, out.rejected, out.reasons, out.generation
         write_parquet(stage / "records.parquet", kept, SYN_SCHEMA)

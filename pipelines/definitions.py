@@ -3,8 +3,8 @@
 Graph: raw_corpus[file] → cleaned[file] (+GX check) → deduplicated → teacher_model → synthetic[day] →
 tokenizer → data_mix/<phase> (YAML) → packed_dataset/<phase> (+read-back check) → base_model (through the phases)
 → eval_perplexity; mix_report beside them.
-The resource set is chosen by KURA_ENV (`local` today; `cluster` swaps storage, generator and trainer for S3,
-vLLM endpoints and Kubernetes jobs).
+The resource set is chosen by KURA_ENV: `local` (folder storage, local vLLM engine, in-process steps) or `cluster`
+(S3 storage and input, vLLM GPU Jobs for generation, every step in its own pod through k8s_job_executor).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
+from dagster_k8s import k8s_job_executor
 
 from assets.corpus import cleaned, corpus_partitions, deduplicated, raw_corpus
 from assets.evaluation import build_eval_perplexity
@@ -38,6 +39,11 @@ def s3_credentials(s: Settings) -> dict:
 
 
 def build_resources(s: Settings) -> dict:
+    """KURA_ENV=local: folder (or S3) storage, the local vLLM engine. KURA_ENV=cluster: S3 storage and input,
+    vLLM GPU Jobs on Kubernetes for generation (the steps themselves run as pods via k8s_job_executor)."""
+    if s.env == "cluster" and not s.storage_root.startswith("s3://"):
+        raise ValueError(f"KURA_ENV=cluster needs KURA_STORAGE_ROOT=s3://bucket/prefix (pods share no disk); "
+                         f"got {s.storage_root!r}")
     if s.s3_endpoint or s.storage_root.startswith("s3://"):
         storage = StorageResource(root=s.storage_root, cache_dir=str(s.home / "cache"), **s3_credentials(s))
     else:
@@ -48,7 +54,9 @@ def build_resources(s: Settings) -> dict:
         "corpus": CorpusResource(path=s.corpus_dir, default_dir=str(s.home / "default_corpus"),
                                  n_docs=s.default_corpus_docs, cache_dir=str(s.home / "cache"),
                                  **(s3_credentials(s) if s.corpus_dir.startswith("s3://") else {})),
-        "generator": GeneratorResource(backend="auto"),
+        "generator": GeneratorResource(backend="kubernetes", namespace=s.k8s_namespace, image=s.image_vllm,
+                                       gpu_pool=s.gpu_pool, s3_endpoint=s.s3_endpoint or "")
+        if s.env == "cluster" else GeneratorResource(backend="auto"),
     }
 
 
@@ -98,6 +106,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 *build_mix_assets(s.mix_file, mix), build_base_model(phases), build_eval_perplexity(phases),
                 *frozen_sources()],
         jobs=[ingest_job, curate_job, synthetic_job, model_job],
+        executor=k8s_job_executor if s.env == "cluster" else None,
         schedules=[synthetic_nightly],
         sensors=[corpus_files_sensor,
                  dg.AutomationConditionSensorDefinition("kura_automation", target=dg.AssetSelection.all(),

@@ -18,6 +18,9 @@ class Settings:
     mix_file: Path
     s3_endpoint: str | None
     default_corpus_docs: int = 3000
+    k8s_namespace: str = "kura"
+    gpu_pool: str = "gpu"
+    image_vllm: str = "ghcr.io/your-org/kura-gpu-vllm:0.1.0"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -30,4 +33,7 @@ class Settings:
                    corpus_dir=os.environ.get("KURA_CORPUS_DIR", ""),
                    mix_file=Path(os.environ.get("KURA_MIX_FILE", PIPELINES_DIR / "mixes" / "default.yaml")),
                    s3_endpoint=os.environ.get("KURA_S3_ENDPOINT") or None,
-                   default_corpus_docs=int(os.environ.get("KURA_DEFAULT_CORPUS_DOCS", "3000")))
+                   default_corpus_docs=int(os.environ.get("KURA_DEFAULT_CORPUS_DOCS", "3000")),
+                   k8s_namespace=os.environ.get("KURA_K8S_NAMESPACE", "kura"),
+                   gpu_pool=os.environ.get("KURA_GPU_POOL", "gpu"),
+                   image_vllm=os.environ.get("KURA_IMAGE_VLLM", "ghcr.io/your-org/kura-gpu-vllm:0.1.0"))

@@ -13,8 +13,8 @@ from kura.synth.generators import (Generator, OpenAICompatibleGenerator, Transfo
 class GeneratorResource(dg.ConfigurableResource):
     """Which backend generates synthetic data."""
 
-    backend: Literal["auto", "vllm", "transformers", "openai"] = "auto"
-    """auto: vLLM if it is installed, else transformers."""
+    backend: Literal["auto", "vllm", "transformers", "openai", "kubernetes"] = "auto"
+    """auto: vLLM if it is installed, else transformers; kubernetes: a vLLM GPU Job per shard (cluster)."""
     base_url: Optional[str] = None
     """OpenAI-compatible endpoint (backend=openai), e.g. http://vllm.kura.svc:8000/v1."""
     served_model: Optional[str] = None
@@ -23,6 +23,32 @@ class GeneratorResource(dg.ConfigurableResource):
     """Endpoint key; pass dagster.EnvVar(...)."""
     max_concurrency: int = 8
     """Parallel requests to the endpoint."""
+    namespace: str = "kura"
+    """Namespace of the generation Jobs (backend=kubernetes)."""
+    image: str = "ghcr.io/your-org/kura-gpu-vllm:0.1.0"
+    """Image of the generation pods (backend=kubernetes)."""
+    gpu_pool: str = "gpu"
+    """kura.dev/pool label of the GPU nodes (backend=kubernetes)."""
+    gpus: int = 1
+    """GPUs per generation pod (backend=kubernetes)."""
+    s3_endpoint: str = ""
+    """KURA_S3_ENDPOINT handed to the pods (backend=kubernetes)."""
+
+    def job_config(self):
+        from kura.k8s.manifests import GpuPool, VllmJobConfig
+
+        return VllmJobConfig(namespace=self.namespace, image=self.image, model_pvc=None,
+                             gpu=GpuPool(pool=self.gpu_pool, gpus_per_node=self.gpus),
+                             env={"KURA_S3_ENDPOINT": self.s3_endpoint} if self.s3_endpoint else {})
+
+    def build_for(self, storage, model_rel: str) -> Generator:
+        """A generator for the teacher stored at `model_rel` under `storage` (a kura Storage): the cluster backend
+        hands the pods its URI; the local backends read a local copy."""
+        if self.backend == "kubernetes":
+            from resources.kubernetes import KubernetesVllmGenerator
+
+            return KubernetesVllmGenerator(storage, storage.uri(model_rel), self.job_config())
+        return self.build(str(storage.local_dir(model_rel)))
 
     def build(self, model_dir: str) -> Generator:
         backend = self.backend

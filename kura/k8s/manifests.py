@@ -60,7 +60,8 @@ class VllmJobConfig(JobCommon):
 
     image: str = "ghcr.io/your-org/kura-gpu-vllm:0.1.0"
     gpu: GpuPool = Field(default_factory=lambda: GpuPool(gpus_per_node=1))
-    model_pvc: str = Field("kura-models", description="PersistentVolumeClaim holding teacher model weights.")
+    model_pvc: str | None = Field("kura-models", description="PersistentVolumeClaim holding teacher model weights "
+                                                            "(None: the worker fetches the model from S3).")
     model_mount: str = Field("/models", description="Where the model volume is mounted.")
 
 
@@ -88,12 +89,13 @@ def vllm_generation_job(name: str, cfg: VllmJobConfig, request_uri: str, result_
                             "requests": {"cpu": cfg.cpu, "memory": cfg.memory,
                                          "nvidia.com/gpu": str(cfg.gpu.gpus_per_node)},
                             "limits": {"memory": cfg.memory, "nvidia.com/gpu": str(cfg.gpu.gpus_per_node)}},
-                        "volumeMounts": [{"name": "models", "mountPath": cfg.model_mount, "readOnly": True},
-                                         {"name": "dshm", "mountPath": "/dev/shm"}],
+                        "volumeMounts": ([{"name": "models", "mountPath": cfg.model_mount, "readOnly": True}]
+                                         if cfg.model_pvc else []) + [{"name": "dshm", "mountPath": "/dev/shm"}],
                     }],
-                    "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": cfg.model_pvc,
-                                                                             "readOnly": True}},
-                                {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}}],
+                    "volumes": ([{"name": "models", "persistentVolumeClaim": {"claimName": cfg.model_pvc,
+                                                                              "readOnly": True}}]
+                                if cfg.model_pvc else [])
+                    + [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}}],
                 },
             },
         },

@@ -80,19 +80,25 @@ class VllmGenerator(Generator):
     timeout_s: float = 600.0
     name = "vllm"
 
+    def request(self, prompts: list[str], sampling: SamplingConfig) -> dict:
+        """What kura.synth.vllm_worker reads (the same request runs locally and in a GPU pod)."""
+        return {"model": self.model_dir, "prompts": prompts, "max_model_len": self.max_model_len,
+                "dtype": self.dtype, "enforce_eager": self.enforce_eager, "sampling": sampling.__dict__}
+
+    @staticmethod
+    def result(r: dict) -> GenerationResult:
+        return GenerationResult(r["completions"], r["prompt_tokens"], r["completion_tokens"], r["seconds"],
+                                "vllm", {"startup_seconds": r["startup_seconds"], "vllm_version": r["vllm_version"]})
+
     def generate(self, prompts: list[str], sampling: SamplingConfig) -> GenerationResult:
         with tempfile.TemporaryDirectory(prefix="kura-vllm-") as tmp:
             req, out = Path(tmp) / "request.json", Path(tmp) / "result.json"
-            req.write_text(json.dumps({
-                "model": self.model_dir, "prompts": prompts, "max_model_len": self.max_model_len,
-                "dtype": self.dtype, "enforce_eager": self.enforce_eager, "sampling": sampling.__dict__}))
+            req.write_text(json.dumps(self.request(prompts, sampling)))
             proc = subprocess.run([sys.executable, "-m", "kura.synth.vllm_worker", str(req), str(out)],
                                   env=vllm_env(), capture_output=True, text=True, timeout=self.timeout_s)
             if proc.returncode != 0 or not out.exists():
                 raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-            r = json.loads(out.read_text())
-        return GenerationResult(r["completions"], r["prompt_tokens"], r["completion_tokens"], r["seconds"],
-                                "vllm", {"startup_seconds": r["startup_seconds"], "vllm_version": r["vllm_version"]})
+            return self.result(json.loads(out.read_text()))
 
 
 @dataclass

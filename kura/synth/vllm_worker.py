@@ -1,36 +1,76 @@
-"""Generation entry point run in its own process (locally by `VllmGenerator`, in a GPU pod by the cluster
-generator): `python -m kura.synth.vllm_worker request.json result.json`."""
+"""Generation entry point run in its own process (locally by `VllmGenerator`, in a GPU pod by the Kubernetes
+generator): `python -m kura.synth.vllm_worker REQUEST RESULT`.
+
+REQUEST and RESULT are paths or URIs (s3://…; endpoint from KURA_S3_ENDPOINT, credentials from the environment),
+and so is the request's model: a model folder on S3 is copied to local disk first. The result is written
+atomically (temp + rename locally; a single PUT on S3), so a pre-empted pod never leaves a half result.
+"""
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
 
 
-def main(req_path: str, out_path: str) -> None:
+def _fs(uri: str):
+    import fsspec
+
+    opts = {}
+    if uri.startswith("s3://") and os.environ.get("KURA_S3_ENDPOINT"):
+        opts["endpoint_url"] = os.environ["KURA_S3_ENDPOINT"]
+    return fsspec.core.url_to_fs(uri, **opts)
+
+
+def load_request(uri: str) -> dict:
+    fs, path = _fs(uri)
+    with fs.open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def fetch_model(uri: str) -> str:
+    """A local folder with the model: the folder itself, or a copy of a remote one."""
+    if "://" not in uri:
+        return uri
+    fs, path = _fs(uri)
+    local = tempfile.mkdtemp(prefix="kura-model-")
+    fs.get(path.rstrip("/") + "/", local + "/", recursive=True)
+    return local
+
+
+def write_result(uri: str, result: dict) -> None:
+    data = json.dumps(result).encode()
+    if "://" not in uri:
+        with open(uri + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(uri + ".tmp", uri)
+        return
+    fs, path = _fs(uri)
+    fs.pipe_file(path, data)  # one PUT: the object appears whole or not at all
+
+
+def main(req_uri: str, out_uri: str) -> None:
     import vllm
     from vllm import LLM, SamplingParams
 
-    req = json.loads(open(req_path).read())
+    req = load_request(req_uri)
     t0 = time.perf_counter()
-    llm = LLM(model=req["model"], dtype=req["dtype"], max_model_len=req["max_model_len"],
-              enforce_eager=req["enforce_eager"], gpu_memory_utilization=0.5, seed=req["sampling"]["seed"])
+    llm = LLM(model=fetch_model(req["model"]), dtype=req["dtype"], max_model_len=req["max_model_len"],
+              enforce_eager=req["enforce_eager"], gpu_memory_utilization=req.get("gpu_memory_utilization", 0.5),
+              seed=req["sampling"]["seed"])
     startup = time.perf_counter() - t0
     s = req["sampling"]
     params = SamplingParams(max_tokens=s["max_tokens"], temperature=s["temperature"], top_p=s["top_p"], seed=s["seed"])
     t1 = time.perf_counter()
     outs = llm.generate(req["prompts"], params, use_tqdm=False)
     seconds = time.perf_counter() - t1
-    result = {
+    write_result(out_uri, {
         "completions": [o.outputs[0].text for o in outs],
         "prompt_tokens": sum(len(o.prompt_token_ids) for o in outs),
         "completion_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
         "seconds": seconds, "startup_seconds": startup, "vllm_version": vllm.__version__,
-    }
-    with open(out_path + ".tmp", "w") as f:
-        json.dump(result, f)
-    import os
-    os.replace(out_path + ".tmp", out_path)
+    })
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+"""The cluster generator: kura's vLLM entry point (kura.synth.vllm_worker, the very code the local backend runs)
+in a GPU Job on Kubernetes, created and awaited through dagster-k8s's client.
+
+Request and result travel through the storage root (S3): the request is written under
+`_generation/<hash of the request>/`, the pod reads it, fetches the teacher from S3, generates, and PUTs the
+result. The hash makes the step resumable: when a run is retried after the pod finished (the Dagster step died,
+the pod did not), the stored result is used and no second Job is launched.
+"""
+
+import json
+
+from kura.io import Storage, stable_hash
+from kura.k8s.manifests import VllmJobConfig, vllm_generation_job
+from kura.synth.generators import GenerationResult, Generator, SamplingConfig, VllmGenerator
+
+
+class KubernetesVllmGenerator(Generator):
+    name = "vllm-kubernetes"
+
+    def __init__(self, storage: Storage, model_uri: str, job: VllmJobConfig, timeout_s: float = 6 * 3600,
+                 max_model_len: int = 4096, dtype: str = "bfloat16"):
+        self.storage, self.model_uri, self.job, self.timeout_s = storage, model_uri, job, timeout_s
+        self.local = VllmGenerator(model_uri, max_model_len=max_model_len, dtype=dtype, enforce_eager=False)
+
+    def paths(self, request: dict) -> tuple[str, str, str]:
+        """(job name, request path, result path) for a request; relative to the storage root."""
+        h = stable_hash(request)
+        return f"kura-gen-{h[:12]}", f"_generation/{h}/request.json", f"_generation/{h}/result.json"
+
+    def job_object(self, request: dict) -> dict:
+        name, req_rel, out_rel = self.paths(request)
+        return vllm_generation_job(name, self.job, self.storage.uri(req_rel), self.storage.uri(out_rel))
+
+    def generate(self, prompts: list[str], sampling: SamplingConfig) -> GenerationResult:
+        request = {**self.local.request(prompts, sampling), "gpu_memory_utilization": 0.9}
+        name, req_rel, out_rel = self.paths(request)
+        if not self.storage.exists(out_rel):
+            self.storage.write_json(req_rel, request)
+            self._run_job(name, self.job_object(request))
+        return VllmGenerator.result(json.loads(self.storage.read_bytes(out_rel)))
+
+    def _run_job(self, name: str, job: dict) -> None:
+        import kubernetes
+        from dagster_k8s.client import DagsterKubernetesClient
+
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        client = DagsterKubernetesClient.production_client()
+        try:
+            client.batch_api.create_namespaced_job(self.job.namespace, job)
+        except kubernetes.client.ApiException as e:
+            if e.status != 409:  # 409: the Job exists already (a retried step): wait for it instead
+                raise
+        client.wait_for_job_success(name, self.job.namespace, wait_timeout=self.timeout_s)
