@@ -88,10 +88,13 @@ class CleanedConfig(dg.Config, filters.CleanConfig):
                                                      "languages, no U+FFFD, no NUL. Blocks downstream stages."),
                        dg.AssetCheckSpec("every_document_accounted_for", asset="cleaned", blocking=True,
                                          description="Input documents = kept + Σ dropped by reason, counted in the "
-                                                     "written files (documents.parquet, quarantine.parquet).")],
-          automation_condition=dg.AutomationCondition.eager())
+                                                     "written files (documents.parquet, quarantine.parquet).")])
 def cleaned(context: dg.AssetExecutionContext, config: CleanedConfig, raw_corpus: dict, storage: StorageResource):
-    """Normalized documents that pass the rule filters; dropped ones go to quarantine.parquet with a reason."""
+    """Normalized documents that pass the rule filters; dropped ones go to quarantine.parquet with a reason.
+
+    No automation condition here on purpose: new files arrive as ingest runs (raw_corpus + cleaned) from
+    corpus_files_sensor, and an eager condition over N partitions is evaluated on every automation tick
+    (benchmarks/partitions.py, 100k partitions: 26.5 s per evaluation with it, 7.4 s without)."""
     st = storage.get()
 
     def build(stage):  # streamed in batches: memory is bounded by the batch, not by the shard

@@ -74,14 +74,34 @@ synthetic_nightly = dg.build_schedule_from_partitioned_job(synthetic_job, hour_o
                                                            name="synthetic_nightly")
 
 
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED]
+
+
 @dg.sensor(job=ingest_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
 def corpus_files_sensor(context: dg.SensorEvaluationContext, corpus: CorpusResource) -> dg.SensorResult:
-    """Adds a `corpus_files` partition for each new file in the corpus folder and requests its ingest run."""
-    existing = set(context.instance.get_dynamic_partitions(corpus_partitions.name))
-    new = [k for k in corpus.list_files() if k not in existing]
+    """Adds a `corpus_files` partition for each new file in the corpus folder at once, and requests ingest runs
+    with backpressure: at most `corpus.max_runs_in_flight` ingest runs queued or running. The cursor is a position
+    in the registration order of the partitions (new files are appended in name order), so a crawl of 100,000
+    files is ingested over many ticks instead of flooding the run queue in one (benchmarks/partitions.py);
+    partitions already materialized are skipped, and run keys make a repeated request a no-op."""
+    existing = context.instance.get_dynamic_partitions(corpus_partitions.name)
+    known = set(existing)
+    new = [k for k in corpus.list_files() if k not in known]
+    order = existing + new
+    start = int(context.cursor or 0)
+    in_flight = context.instance.get_runs_count(dg.RunsFilter(job_name=ingest_job.name, statuses=IN_FLIGHT))
+    room = max(0, corpus.max_runs_in_flight - in_flight)
+    done = context.instance.get_materialized_partitions(dg.AssetKey("raw_corpus")) if start < len(order) else set()
+    batch, pos = [], start
+    while pos < len(order) and len(batch) < room:
+        if order[pos] not in done:
+            batch.append(order[pos])
+        pos += 1
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=k, run_key=k) for k in new],
-        dynamic_partitions_requests=[corpus_partitions.build_add_request(new)] if new else [])
+        run_requests=[dg.RunRequest(partition_key=k, run_key=k) for k in batch],
+        dynamic_partitions_requests=[corpus_partitions.build_add_request(new)] if new else [],
+        cursor=str(pos))
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -33,6 +33,8 @@ class CorpusResource(dg.ConfigurableResource):
     """S3 secret; pass dagster.EnvVar("AWS_SECRET_ACCESS_KEY"), never a literal."""
     cache_dir: Optional[str] = None
     """Local folder for the cached copies of S3 input files."""
+    max_runs_in_flight: int = 200
+    """corpus_files_sensor requests ingest runs until this many are queued or running (backpressure)."""
 
     def is_remote(self) -> bool:
         return "://" in self.path and not self.path.startswith("file://")
