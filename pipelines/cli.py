@@ -192,8 +192,8 @@ def k8s_cmd(args) -> int:
     from kura.k8s.helm import DeploySettings, helm_values
 
     values = Path(args.values)
-    values.write_text("# Rendered by `python -m pipelines.cli k8s` from kura/k8s/helm.py (DeploySettings); edit the settings\n"
-                      "# there, not this file (tests/test_deploy.py fails when they drift).\n"
+    values.write_text("# Rendered by `python -m pipelines.cli k8s` from kura/k8s/helm.py (DeploySettings); edit the "
+                      "settings\n# there, not this file (tests/test_deploy.py fails when they drift).\n"
                       "#   helm upgrade --install kura dagster/dagster -n kura -f k8s/values.yaml\n"
                       + yaml.safe_dump(helm_values(DeploySettings()), sort_keys=False))
     print(f"wrote {values}")
@@ -209,6 +209,26 @@ def k8s_cmd(args) -> int:
             validate(o)
         (out / name).write_text(yaml.safe_dump_all(objs, sort_keys=False))
         print(f"wrote {out / name} ({len(objs)} objects, schema-valid)")
+    return 0
+
+
+SECRETS = {"kura-s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), "kura-model-store": ("HF_TOKEN",)}
+
+
+def k8s_secrets_cmd(args) -> int:
+    """Print the Secrets (values from this process's environment) for `kubectl apply -f -`; nothing is written."""
+    import yaml
+
+    from kura.k8s.manifests import secret, validate
+
+    missing = [v for keys in SECRETS.values() for v in keys if v not in os.environ]
+    if missing:
+        print(f"set {', '.join(missing)} in the environment first", file=sys.stderr)
+        return 2
+    objs = [secret(name, args.namespace, {k: os.environ[k] for k in keys}) for name, keys in SECRETS.items()]
+    for o in objs:
+        validate(o)
+    sys.stdout.write(yaml.safe_dump_all(objs, sort_keys=False))
     return 0
 
 
@@ -232,8 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("k8s", help="render the GPU Job templates (vLLM generation, Megatron Indexed Job) as YAML")
     k.add_argument("--out", default="k8s/rendered")
     k.add_argument("--values", default="k8s/values.yaml", help="where the Helm values are written")
+    ks = sub.add_parser("k8s-secrets", help="print the S3 and model-store Secrets from the environment "
+                                            "(pipe into kubectl apply -f -)")
+    ks.add_argument("--namespace", default="kura")
     args = p.parse_args(argv)
-    return {"demo": demo, "ui": ui, "freeze": freeze_cmd, "k8s": k8s_cmd}[args.cmd](args)
+    commands = {"demo": demo, "ui": ui, "freeze": freeze_cmd, "k8s": k8s_cmd, "k8s-secrets": k8s_secrets_cmd}
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 the DVC md5 is the data version of the frozen source asset, so a new frozen version makes its readers stale."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

@@ -81,3 +81,29 @@ def test_dockerfiles_build_from_the_repository_and_match_the_pins():
     assert f"core_v{pins['megatron-core']}" in (root / "k8s/docker/gpu-megatron.Dockerfile").read_text()
     for pkg in ("fsspec", "s3fs", "pydantic"):
         assert re.search(rf"{pkg}=={re.escape(pins[pkg])}\b", vllm_df), pkg
+
+
+def test_cli_renders_values_templates_and_secrets(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from pipelines.cli import main
+
+    assert main(["k8s", "--out", str(tmp_path / "rendered"), "--values", str(tmp_path / "values.yaml")]) == 0
+    for f in ("vllm-generation-job.yaml", "megatron-training.yaml"):
+        for obj in yaml.safe_load_all((tmp_path / "rendered" / f).read_text()):
+            validate(obj)
+    assert yaml.safe_load((tmp_path / "values.yaml").read_text())["telemetry"] == {"enabled": False}
+    capsys.readouterr()
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    assert main(["k8s-secrets"]) == 2 and "set AWS_ACCESS_KEY_ID" in capsys.readouterr().err
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key-1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-1")
+    monkeypatch.setenv("HF_TOKEN", "hf-1")
+    assert main(["k8s-secrets", "--namespace", "ml"]) == 0
+    objs = list(yaml.safe_load_all(capsys.readouterr().out))
+    for obj in objs:
+        validate(obj)
+    assert {o["metadata"]["name"]: o["stringData"] for o in objs} == {
+        "kura-s3": {"AWS_ACCESS_KEY_ID": "key-1", "AWS_SECRET_ACCESS_KEY": "secret-1"},
+        "kura-model-store": {"HF_TOKEN": "hf-1"}}
