@@ -138,8 +138,9 @@ def demo(args) -> int:
           f"WARC records that are not pages)")
     by_reason = ", ".join(f"{v} {k}" for k, v in sorted(out["deduplicated"]["duplicates_by_reason"].items()))
     print(f"  after dedup (exact + near)    : {out['deduplicated']['kept']} ({by_reason})")
-    print(f"  synthetic Q&A ({syn['backend']}) : {syn['kept']}/{syn['prompts']} valid, "
-          f"{syn['tokens_per_second']} tok/s")
+    rejected = ", ".join(f"{v} {k}" for k, v in sorted(syn["rejected_by_reason"].items())) or "none"
+    print(f"  synthetic Q&A ({syn['backend']}) : {syn['kept']}/{syn['prompts']} kept (rejected: {rejected}); "
+          f"{syn['generated']} generated at {syn['tokens_per_second']} tok/s, {syn['resumed']} from the request log")
     for phase, p in out["packed_dataset"].items():
         srcs = ", ".join(f"{k} {v['real_tokens']}" for k, v in p["train"].items())
         print(f"  packed [{phase}]{' ' * max(0, 19 - len(phase))}: {p['train_tokens']} tokens at length "

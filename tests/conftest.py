@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
 TINY_OPS = {
     "teacher_model": {"steps": 150, "max_examples": 500},
     "quality_examples": {"generated_docs": 1500},
-    "synthetic": {"docs_per_day": 32, "max_tokens": 64},
+    "synthetic": {"docs_per_day": 32, "max_tokens": 64, "checks": {"max_reject_rate": 0.9}},  # a 150-step teacher loops
     "tokenizer": {"vocab_size": 800},
     "base_model": {"train": {"train_steps": 20, "micro_batch_size": 8, "warmup_steps": 2}},
     "eval_perplexity": {"max_docs": 40},

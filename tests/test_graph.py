@@ -190,3 +190,22 @@ def test_phase_edit_rebuilds_exactly_that_phase_and_downstream(graph):
     assert new_mix["version"] != graph.out["data_mix"]["instruct"]["version"]
     assert new_mix["summary"]["sources"]["synthetic"]["budget_tokens"] == 2500
     write_mix(graph.mix_file)  # leave the session's mix as it was
+
+
+def test_synthetic_shard_request_log_and_reject_gate(graph):
+    from assets.synthetic import request_log_path
+    from kura.io import Storage
+    from kura.synth.requestlog import RequestLog
+
+    syn = graph.out["synthetic"][graph.day]
+    assert syn["generated"] + syn["resumed"] == syn["prompts"] and syn["kept"] + syn["rejected"] == syn["prompts"]
+    assert syn["reject_rate"] == round(syn["rejected"] / syn["prompts"], 4)
+    assert set(syn["rejected_by_reason"]) <= {"unparseable", "starts_with_answer", "no_answer", "empty_turn",
+                                              "answer_too_short", "banned_phrase", "truncated", "refusal",
+                                              "degenerate_repetition", "wrong_language", "copies_source",
+                                              "near_duplicate"}
+    log = request_log_path(Storage(str(graph.home / "storage")), graph.day, graph.out["teacher_model"]["version"])
+    assert 0 < len(RequestLog(log).done) <= syn["prompts"], "finished requests are in the durable log"
+    ev = graph.instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(dg.AssetKey("synthetic"), "reject_rate_within_limit"))
+    assert ev is not None and ev.event.asset_check_evaluation.passed

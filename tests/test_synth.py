@@ -37,7 +37,8 @@ def test_generate_shard_accounts_for_every_prompt():
             outs = ["質問: 何の話ですか。\n回答: 東京の鉄道の歴史の話です。", "no format at all", "回答: 先に答え\n質問: 後から質問"]
             return GenerationResult(outs[: len(prompts)], 10, 20, 1.0, "scripted")
 
-    docs = [{"doc_id": f"d{i}", "text": "本文です。" * 5, "lang": "ja"} for i in range(3)]
+    # distinct documents: identical prompts share one request (content hash) and so one completion
+    docs = [{"doc_id": f"d{i}", "text": f"本文その{i}です。" * 5, "lang": "ja"} for i in range(3)]
     assert pick_documents(docs * 10, 3, 0, "2026-11-01") == pick_documents(docs * 10, 3, 0, "2026-11-01")
     res = generate_shard(docs, R, Scripted(), SamplingConfig(), "2026-11-01")
     assert [r["source_doc_id"] for r in res.kept] == ["d0"] and res.kept[0]["doc_id"] == "synthetic:2026-11-01:0"

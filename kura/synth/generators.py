@@ -38,6 +38,7 @@ class GenerationResult:
     seconds: float
     backend: str
     extra: dict = field(default_factory=dict)
+    finish_reasons: list[str] = field(default_factory=list)  # per completion: "stop" or "length" (truncated)
 
     @property
     def tokens_per_second(self) -> float:
@@ -52,6 +53,14 @@ class Generator(ABC):
     @abstractmethod
     def generate(self, prompts: list[str], sampling: SamplingConfig) -> GenerationResult:
         """One completion per prompt, in order."""
+
+
+def request_seed(seed: int, prompt: str) -> int:
+    """A per-request seed from the sampling seed and the prompt (not its batch position): a request gets the same
+    completion however the work is batched or resumed."""
+    import hashlib
+
+    return (seed + int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=4).digest(), "big")) % (2**31)
 
 
 def vllm_available() -> bool:
@@ -88,7 +97,8 @@ class VllmGenerator(Generator):
     @staticmethod
     def result(r: dict) -> GenerationResult:
         return GenerationResult(r["completions"], r["prompt_tokens"], r["completion_tokens"], r["seconds"],
-                                "vllm", {"startup_seconds": r["startup_seconds"], "vllm_version": r["vllm_version"]})
+                                "vllm", {"startup_seconds": r["startup_seconds"], "vllm_version": r["vllm_version"]},
+                                r.get("finish_reasons", []))
 
     def generate(self, prompts: list[str], sampling: SamplingConfig) -> GenerationResult:
         with tempfile.TemporaryDirectory(prefix="kura-vllm-") as tmp:
@@ -115,7 +125,7 @@ class TransformersGenerator(Generator):
         tok.padding_side = "left"
         model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
         torch.manual_seed(sampling.seed)
-        outs, p_tok, c_tok = [], 0, 0
+        outs, p_tok, c_tok, finish = [], 0, 0, []
         t0 = time.perf_counter()
         for i in range(0, len(prompts), self.batch_size):
             enc = tok(prompts[i:i + self.batch_size], return_tensors="pt", padding=True)
@@ -129,12 +139,13 @@ class TransformersGenerator(Generator):
             new = gen[:, enc["input_ids"].shape[1]:]
             for row in new:
                 ids = [int(t) for t in row if int(t) not in (tok.pad_token_id,)]
+                finish.append("stop" if tok.eos_token_id in ids else "length")
                 if tok.eos_token_id in ids:
                     ids = ids[: ids.index(tok.eos_token_id)]
                 c_tok += len(ids)
                 outs.append(tok.decode(ids, skip_special_tokens=True))
             p_tok += int(enc["attention_mask"].sum())
-        return GenerationResult(outs, p_tok, c_tok, time.perf_counter() - t0, "transformers")
+        return GenerationResult(outs, p_tok, c_tok, time.perf_counter() - t0, "transformers", {}, finish)
 
 
 @dataclass
@@ -152,15 +163,15 @@ class OpenAICompatibleGenerator(Generator):
 
         client = OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0)
 
-        def one(i_prompt):
-            i, prompt = i_prompt
+        def one(prompt):
             delay = 1.0
             for attempt in range(self.max_retries + 1):
                 try:
                     r = client.completions.create(model=self.model, prompt=prompt, max_tokens=sampling.max_tokens,
                                                   temperature=sampling.temperature, top_p=sampling.top_p,
-                                                  seed=sampling.seed + i)
-                    return r.choices[0].text, r.usage.prompt_tokens, r.usage.completion_tokens
+                                                  seed=request_seed(sampling.seed, prompt))
+                    return (r.choices[0].text, r.usage.prompt_tokens, r.usage.completion_tokens,
+                            r.choices[0].finish_reason or "stop")
                 except Exception:  # noqa: BLE001 - connection errors, 5xx, timeouts: back off and retry
                     if attempt == self.max_retries:
                         raise
@@ -169,6 +180,6 @@ class OpenAICompatibleGenerator(Generator):
 
         t0 = time.perf_counter()
         with ThreadPoolExecutor(self.max_concurrency) as pool:
-            res = list(pool.map(one, enumerate(prompts)))
+            res = list(pool.map(one, prompts))
         return GenerationResult([r[0] for r in res], sum(r[1] for r in res), sum(r[2] for r in res),
-                                time.perf_counter() - t0, "openai")
+                                time.perf_counter() - t0, "openai", {}, [r[3] for r in res])

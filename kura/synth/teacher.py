@@ -26,7 +26,8 @@ class TeacherConfig(BaseModel):
     num_heads: int = Field(4, description="Attention heads; hidden/heads must be 32, 64, 80, ... (vLLM CPU).")
     intermediate_size: int = Field(384, description="MLP width.")
     max_position_embeddings: int = Field(512, description="Context length (vLLM max_model_len).")
-    steps: int = Field(300, description="Optimizer steps.")
+    steps: int = Field(800, description="Optimizer steps (fewer and the 0.7M-parameter teacher ignores its input "
+                                       "and repeats a few answers, which the output checks then reject).")
     batch_size: int = Field(16, description="Sequences per step.")
     seq_len: int = Field(192, description="Training sequence length (examples are truncated to it).")
     lr: float = Field(3e-3, description="Peak AdamW learning rate (cosine decay, 10% warmup).")

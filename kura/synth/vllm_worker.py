@@ -70,6 +70,7 @@ def main(req_uri: str, out_uri: str) -> None:
         "prompt_tokens": sum(len(o.prompt_token_ids) for o in outs),
         "completion_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
         "seconds": seconds, "startup_seconds": startup, "vllm_version": vllm.__version__,
+        "finish_reasons": [o.outputs[0].finish_reason or "stop" for o in outs],
     })
 
 
