@@ -61,3 +61,62 @@ def test_transformers_fallback_matches_vllm_greedy(graph):
     res = TransformersGenerator(teacher).generate([r["prompt"] for r in recs], SamplingConfig(max_tokens=64))
     same = sum(a.strip() == r["completion"].strip() for a, r in zip(res.completions, recs))
     assert same >= len(recs) - 1, (res.completions, [r["completion"] for r in recs])
+
+
+@pytest.fixture(scope="module")
+def vllm_server(graph, tmp_path_factory):
+    """vLLM's OpenAI-compatible server (CPU build) on 127.0.0.1 serving the graph's teacher; once per module."""
+    import subprocess
+    import sys
+
+    from kura.synth.generators import vllm_env
+    from tests.conftest import free_port, stop_process_group, wait_for_port
+
+    port = free_port()
+    logf = open(tmp_path_factory.mktemp("vllm-serve") / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", graph.out["teacher_model"]["uri"],
+         "--served-model-name", "teacher", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+         "--max-model-len", "512", "--gpu-memory-utilization", "0.5", "--enforce-eager"],
+        env=vllm_env(), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, 240, proc)
+        import urllib.request
+
+        for _ in range(240):  # the port opens before the model is loaded
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop_process_group(proc)
+        logf.close()
+
+
+@pytest.mark.slow
+def test_openai_backend_against_a_real_vllm_server(graph, vllm_server, monkeypatch):
+    """The HTTP backend, through GeneratorResource with the key from the environment, reproduces the offline
+    engine's greedy completions of the day's shard; a dead endpoint fails after its retries with the error."""
+    import dagster as dg
+
+    from kura.synth.generators import OpenAICompatibleGenerator
+    from resources import GeneratorResource
+
+    syn = graph.out["synthetic"][graph.day]
+    recs = pq.read_table(Path(syn["uri"]) / "records.parquet").to_pylist()[:8]
+    monkeypatch.setenv("KURA_TEST_VLLM_KEY", "EMPTY")
+    res = GeneratorResource(backend="openai", base_url=vllm_server, served_model="teacher",
+                            api_key=dg.EnvVar("KURA_TEST_VLLM_KEY"), max_concurrency=4)
+    with dg.build_resources({"generator": res}) as built:
+        gen = built.generator.build("unused-for-openai")
+    out = gen.generate([r["prompt"] for r in recs], SamplingConfig(max_tokens=64))
+    same = sum(a.strip() == r["completion"].strip() for a, r in zip(out.completions, recs))
+    assert same >= len(recs) - 1, (out.completions, [r["completion"] for r in recs])
+    assert out.completion_tokens > 0 and out.prompt_tokens > 0 and len(out.finish_reasons) == len(recs)
+    dead = OpenAICompatibleGenerator("http://127.0.0.1:9/v1", "teacher", max_retries=1, timeout_s=2)
+    with pytest.raises(Exception, match="(?i)connect"):
+        dead.generate(["x"], SamplingConfig(max_tokens=4))
