@@ -2,12 +2,14 @@
 through the Generator resource (vLLM offline on CPU locally; a vLLM endpoint or GPU pod on a cluster)."""
 
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import pyarrow as pa
 
 import kura.synth.checks as checks
 import kura.synth.generators as generators
+import kura.synth.more_recipes as more_recipes
 import kura.synth.recipes as recipes
 import kura.synth.requestlog as requestlog
 import kura.synth.shard as shard
@@ -58,6 +60,22 @@ class RecipeConfig(dg.Config, recipes.QADialogueRecipe):
     """Q&A dialogue rewrite recipe (see kura.synth.recipes.QADialogueRecipe)."""
 
 
+class RewriteConfig(dg.Config, more_recipes.RewriteRecipe):
+    """Rewrite as textbook or dialogue, optional paired English (see kura.synth.more_recipes.RewriteRecipe)."""
+
+
+class InstructSeedsConfig(dg.Config, more_recipes.InstructFromSeedsRecipe):
+    """Multi-turn q1/a1/q2/a2 from seed topics (see kura.synth.more_recipes.InstructFromSeedsRecipe)."""
+
+
+class ReAnswerConfig(dg.Config, more_recipes.ReAnswerRecipe):
+    """Re-answer an instruction dataset (see kura.synth.more_recipes.ReAnswerRecipe)."""
+
+
+class MathConfig(dg.Config, more_recipes.MathRecipe):
+    """Math problems with checked worked answers (see kura.synth.more_recipes.MathRecipe)."""
+
+
 class OutputChecksConfig(dg.Config, checks.OutputChecks):
     """Checks on generated records (see kura.synth.checks.OutputChecks)."""
 
@@ -73,8 +91,22 @@ class SyntheticConfig(dg.Config):
     """Nucleus sampling."""
     seed: int = 0
     """Base seed; the partition's date is mixed in so each day draws different documents."""
+    recipe_kind: Literal["qa_dialogue", "rewrite", "instruct_seeds", "reanswer", "math"] = "qa_dialogue"
+    """Which recipe generates this shard (each has its settings below)."""
     recipe: RecipeConfig = RecipeConfig()
     """The Q&A dialogue rewrite recipe (templates, parser limits)."""
+    rewrite: RewriteConfig = RewriteConfig()
+    """Settings of recipe_kind=rewrite."""
+    instruct_seeds: InstructSeedsConfig = InstructSeedsConfig()
+    """Settings of recipe_kind=instruct_seeds."""
+    reanswer: ReAnswerConfig = ReAnswerConfig()
+    """Settings of recipe_kind=reanswer."""
+    math: MathConfig = MathConfig()
+    """Settings of recipe_kind=math."""
+
+    def selected_recipe(self):
+        return {"qa_dialogue": self.recipe, "rewrite": self.rewrite, "instruct_seeds": self.instruct_seeds,
+                "reanswer": self.reanswer, "math": self.math}[self.recipe_kind]
     checks: OutputChecksConfig = OutputChecksConfig()
     """Checks on the generated records and the shard's reject-rate gate."""
     batch_size: int = 64
@@ -89,7 +121,7 @@ def request_log_path(st, partition: str, teacher_version: str) -> Path:
 
 
 @dg.asset(group_name="synthetic", partitions_def=daily_partitions,
-          code_version=source_version(recipes, generators, shard, checks, requestlog),
+          code_version=source_version(recipes, more_recipes, generators, shard, checks, requestlog),
           check_specs=[dg.AssetCheckSpec("reject_rate_within_limit", asset="synthetic", blocking=True,
                                          description="Rejected prompts (parse, validation and output checks) / all "
                                                      "prompts <= checks.max_reject_rate. Blocks downstream.")])
@@ -100,12 +132,12 @@ def synthetic(context: dg.AssetExecutionContext, config: SyntheticConfig, dedupl
     source, near duplicate) are quarantined with the reason. Generation resumes from the shard's request log."""
     st = storage.get()
     day = context.partition_key
-    recipe = config.recipe
+    recipe = config.selected_recipe()
     sampling = SamplingConfig(config.max_tokens, config.temperature, config.top_p, config.seed)
 
     def build(stage):
         docs = read_parquet(st, deduplicated, "documents.parquet", ["doc_id", "text", "lang"]).to_pylist()
-        picked = shard.pick_documents(docs, config.docs_per_day, config.seed, day)
+        picked = recipe.sources(docs, config.docs_per_day, config.seed, day)
         gen = generator.build_for(st, teacher_model["dir"])
         log = RequestLog(request_log_path(st, day, teacher_model["version"]))
         out = shard.generate_shard(picked, recipe, gen, sampling, day, log=log, model_id=teacher_model["version"],

@@ -37,7 +37,7 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     from kura.quality.expectations import validate_documents
     from kura.synth.generators import SamplingConfig, VllmGenerator
     from kura.synth.recipes import QADialogueRecipe
-    from kura.synth.shard import generate_shard, pick_documents, teacher_examples
+    from kura.synth.shard import generate_shard, teacher_examples
     from kura.synth.teacher import TeacherConfig, train_teacher
     from assets.quality import BAD_KINDS, GOOD_KINDS, QualityClassifierConfig, QualityExamplesConfig
     from kura.corpus.default import DefaultCorpusConfig, generate_labelled
@@ -68,7 +68,7 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     ex = teacher_examples(ded, recipe, tcfg.max_examples, tcfg.seed)
     train_teacher(ex, out / "teacher", TeacherConfig(**tcfg.model_dump(exclude={"max_examples"})))
     sc = SyntheticConfig()
-    picked = pick_documents(ded, sc.docs_per_day, sc.seed, day)
+    picked = QADialogueRecipe().sources(ded, sc.docs_per_day, sc.seed, day)
     syn = generate_shard(picked, recipe, VllmGenerator(str(out / "teacher")),
                          SamplingConfig(sc.max_tokens, sc.temperature, sc.top_p, sc.seed), day).kept
     pq.write_table(pa.Table.from_pylist(syn), out / "synthetic.parquet")

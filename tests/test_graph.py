@@ -209,3 +209,20 @@ def test_synthetic_shard_request_log_and_reject_gate(graph):
     ev = graph.instance.get_latest_asset_check_evaluation_record(
         dg.AssetCheckKey(dg.AssetKey("synthetic"), "reject_rate_within_limit"))
     assert ev is not None and ev.event.asset_check_evaluation.passed
+
+
+# last in this file on purpose: it adds a synthetic partition to the session instance that the tests above do not expect
+def test_another_recipe_on_another_day_is_gated_by_its_reject_rate(graph):
+    """recipe_kind=math through the synthetic job (vLLM): the demo teacher never learned the `答え: N` format, so
+    every prompt is quarantined as unparseable and the blocking gate fails — the shard is recorded, the check says
+    why."""
+    r = graph.defs.resolve_job_def("synthetic_job").execute_in_process(
+        instance=graph.instance, partition_key="2026-11-18", raise_on_error=False,
+        run_config={"ops": {"synthetic": {"config": {"recipe_kind": "math", "docs_per_day": 6, "max_tokens": 32}}}})
+    assert not r.success
+    [check] = r.get_asset_check_evaluations()
+    assert check.check_name == "reject_rate_within_limit" and not check.passed
+    assert check.metadata["reject_rate"].value == 1.0
+    md = graph.instance.get_latest_materialization_event(dg.AssetKey("synthetic")).asset_materialization
+    assert md.partition == "2026-11-18" and md.metadata["recipe"].value == "math"
+    assert md.metadata["rejected_by_reason"].data == {"unparseable": 6}

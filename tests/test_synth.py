@@ -30,7 +30,7 @@ def test_recipe_parse_validate_render():
 
 def test_generate_shard_accounts_for_every_prompt():
     from kura.synth.generators import GenerationResult, Generator
-    from kura.synth.shard import generate_shard, pick_documents
+    from kura.synth.shard import generate_shard
 
     class Scripted(Generator):  # a deterministic stand-in for the model: this test is about the bookkeeping
         def generate(self, prompts, sampling):
@@ -39,7 +39,7 @@ def test_generate_shard_accounts_for_every_prompt():
 
     # distinct documents: identical prompts share one request (content hash) and so one completion
     docs = [{"doc_id": f"d{i}", "text": f"本文その{i}です。" * 5, "lang": "ja"} for i in range(3)]
-    assert pick_documents(docs * 10, 3, 0, "2026-11-01") == pick_documents(docs * 10, 3, 0, "2026-11-01")
+    assert R.sources(docs * 10, 3, 0, "2026-11-01") == R.sources(docs * 10, 3, 0, "2026-11-01")
     res = generate_shard(docs, R, Scripted(), SamplingConfig(), "2026-11-01")
     assert [r["source_doc_id"] for r in res.kept] == ["d0"] and res.kept[0]["doc_id"] == "synthetic:2026-11-01:0"
     assert dict(res.reasons) == {"unparseable": 1, "starts_with_answer": 1}
@@ -120,3 +120,57 @@ def test_openai_backend_against_a_real_vllm_server(graph, vllm_server, monkeypat
     dead = OpenAICompatibleGenerator("http://127.0.0.1:9/v1", "teacher", max_retries=1, timeout_s=2)
     with pytest.raises(Exception, match="(?i)connect"):
         dead.generate(["x"], SamplingConfig(max_tokens=4))
+
+
+def test_recipe_families_round_trip_their_reference_output_and_name_failures(tmp_path):
+    import json
+
+    from kura.synth.more_recipes import InstructFromSeedsRecipe, MathRecipe, ReAnswerRecipe, RewriteRecipe
+
+    doc = {"doc_id": "d", "lang": "ja", "text": "東京の鉄道は明治時代に始まりました。送料無料！今すぐクリック。駅は町の中心になりました。"}
+    for r in (RewriteRecipe(), RewriteRecipe(style="dialogue"), RewriteRecipe(translate_en=True)):
+        turns = r.parse(r.reference_completion(doc["text"], "ja"))
+        assert r.validate(turns, doc) == (False, "banned_phrase")  # the ad survived the naive reference rewrite
+    tb = RewriteRecipe(translate_en=True)
+    turns = tb.parse("東京の鉄道は明治時代に始まり、駅は町の中心になりました。\nEnglish: Tokyo's railways began in Meiji.")
+    assert tb.validate(turns, doc) == (True, "ok") and turns[3]["content"].startswith("Tokyo")
+    with pytest.raises(ValueError, match="no English translation"):
+        tb.parse("東京の鉄道は明治時代に始まりました。")
+    assert RewriteRecipe(style="dialogue").validate(RewriteRecipe(style="dialogue").parse(
+        "東京の鉄道は明治時代に始まり、駅は町の中心になりました。"), doc) == (False, "format_violation")
+
+    seeds = InstructFromSeedsRecipe(json_answers=True)
+    src = seeds.sources([], 3, 0, "2026-11-01")
+    assert len(src) == 3 and all(s["text"] in seeds.seeds for s in src)
+    assert "JSON" in seeds.render(src[0]["text"], "ja")
+    turns = seeds.parse(seeds.reference_completion(src[0]["text"], "ja"))
+    assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
+    assert seeds.validate(turns) == (True, "ok") and json.loads(turns[1]["content"])["answer"]
+    plain = InstructFromSeedsRecipe().reference_completion("料理", "ja")  # right order, but not JSON
+    assert seeds.validate(seeds.parse(plain)) == (False, "format_violation")
+    with pytest.raises(ValueError, match="expected q1/a1/q2/a2"):
+        seeds.parse("質問1: a\n回答1: b\n回答2: c")
+
+    math = MathRecipe()
+    probs = math.sources([], 5, 1, "2026-11-01")
+    assert probs == math.sources([], 5, 1, "2026-11-01") and all(isinstance(p["answer"], int) for p in probs)
+    good = math.parse(MathRecipe.reference_for(probs[0]))
+    assert math.validate(good, probs[0]) == (True, "ok") and good[0]["content"] == probs[0]["text"]
+    wrong = math.parse(f"計算しました。\n答え: {probs[0]['answer'] + 1}")
+    assert math.validate(wrong, probs[0]) == (False, "wrong_answer")
+    with pytest.raises(ValueError, match="答え"):
+        math.parse("わかりません")
+
+    qfile = tmp_path / "questions.jsonl"
+    qfile.write_text('{"question": "富士山の高さは？"}\n{"question": "寿司とは？"}\n')
+    ra = ReAnswerRecipe(questions_path=str(qfile))
+    qs = ra.sources([], 5, 0, "2026-11-01")
+    assert sorted(q["text"] for q in qs) == ["富士山の高さは？", "寿司とは？"]
+    t = ra.parse(ra.reference_completion(qs[0]["text"], "ja"))
+    assert ra.validate(t, qs[0]) == (True, "ok") and t[0]["content"] == qs[0]["text"]
+    (tmp_path / "bad.jsonl").write_text('{"q": 1}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        ReAnswerRecipe(questions_path=str(tmp_path / "bad.jsonl")).sources([], 1, 0, "d")
+    with pytest.raises(ValueError, match="needs questions_path"):
+        ReAnswerRecipe().sources([], 1, 0, "d")
+    assert len({r.template_hash() for r in (RewriteRecipe(), seeds, math, ra)}) == 4

@@ -2,7 +2,6 @@
 the identical shard) and the output checks."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -53,7 +53,13 @@ class QADialogueRecipe(BaseModel):
             raise ValueError("no Q:/A: turns")
         return turns
 
-    def validate(self, turns: list[dict]) -> tuple[bool, str]:
+    def sources(self, docs: list[dict], n: int, seed: int, partition: str) -> list[dict]:
+        """A seeded draw of documents per partition (each day rewrites different documents, reproducibly)."""
+        import random
+
+        return random.Random(f"{seed}:{partition}").sample(docs, min(n, len(docs)))
+
+    def validate(self, turns: list[dict], source: dict | None = None) -> tuple[bool, str]:
         if turns[0]["role"] != "user":
             return False, "starts_with_answer"
         if not any(t["role"] == "assistant" for t in turns):

@@ -30,10 +30,6 @@ class ShardResult:
     resumed: int = 0     # prompts answered from the request log (an interrupted earlier run)
 
 
-def pick_documents(docs: list[dict], n: int, seed: int, partition: str) -> list[dict]:
-    """A seeded draw per partition: each day rewrites different documents, reproducibly."""
-    return random.Random(f"{seed}:{partition}").sample(docs, min(n, len(docs)))
-
 
 def teacher_examples(docs: list[dict], recipe: QADialogueRecipe, n: int, seed: int) -> list[str]:
     docs = list(docs)
@@ -41,7 +37,7 @@ def teacher_examples(docs: list[dict], recipe: QADialogueRecipe, n: int, seed: i
     return [recipe.render(d["text"], d["lang"]) + recipe.reference_completion(d["text"], d["lang"]) for d in docs[:n]]
 
 
-def generate_shard(docs: list[dict], recipe: QADialogueRecipe, generator: Generator, sampling: SamplingConfig,
+def generate_shard(docs: list[dict], recipe, generator: Generator, sampling: SamplingConfig,
                    partition: str, log: RequestLog | None = None, model_id: str = "",
                    checks: OutputChecks | None = None, batch_size: int = 64) -> ShardResult:
     """Generate (resumably, when a request log is given), parse, validate and check one shard. Every prompt ends
@@ -56,7 +52,7 @@ def generate_shard(docs: list[dict], recipe: QADialogueRecipe, generator: Genera
     for i, (d, p, c) in enumerate(zip(docs, prompts, gen.completions)):
         try:
             turns = recipe.parse(c)
-            ok, reason = recipe.validate(turns)
+            ok, reason = recipe.validate(turns, d)
         except ValueError as e:
             ok, reason, turns = False, f"unparseable: {e}", []
         if ok:
