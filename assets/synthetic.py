@@ -2,7 +2,6 @@
 through the Generator resource (vLLM offline on CPU locally; a vLLM endpoint or GPU pod on a cluster)."""
 
 from pathlib import Path
-from typing import Literal
 
 import dagster as dg
 import pyarrow as pa
@@ -20,6 +19,14 @@ from kura.synth.requestlog import RequestLog
 from resources import GeneratorResource, StorageResource
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date="2026-11-01", end_offset=0)
+RECIPE_KINDS = ("qa_dialogue", "rewrite", "instruct_seeds", "reanswer", "math")
+# one shard per (day × recipe): the nightly schedule fills the day's row, a backfill fills missing days
+synthetic_partitions = dg.MultiPartitionsDefinition({"day": daily_partitions,
+                                                     "recipe": dg.StaticPartitionsDefinition(list(RECIPE_KINDS))})
+
+
+def synthetic_key(day: str, recipe: str = "qa_dialogue") -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"day": day, "recipe": recipe})
 
 SYN_SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("text", pa.string()),
                         ("lang", pa.string()), ("source_doc_id", pa.string()), ("turns", pa.string()),
@@ -82,7 +89,7 @@ class OutputChecksConfig(dg.Config, checks.OutputChecks):
 
 class SyntheticConfig(dg.Config):
     docs_per_day: int = 128
-    """Source documents rewritten per daily partition."""
+    """Sources (documents, seed topics, questions or problems, by recipe) per shard."""
     max_tokens: int = 96
     """Completion length limit."""
     temperature: float = 0.0
@@ -91,8 +98,6 @@ class SyntheticConfig(dg.Config):
     """Nucleus sampling."""
     seed: int = 0
     """Base seed; the partition's date is mixed in so each day draws different documents."""
-    recipe_kind: Literal["qa_dialogue", "rewrite", "instruct_seeds", "reanswer", "math"] = "qa_dialogue"
-    """Which recipe generates this shard (each has its settings below)."""
     recipe: RecipeConfig = RecipeConfig()
     """The Q&A dialogue rewrite recipe (templates, parser limits)."""
     rewrite: RewriteConfig = RewriteConfig()
@@ -104,9 +109,10 @@ class SyntheticConfig(dg.Config):
     math: MathConfig = MathConfig()
     """Settings of recipe_kind=math."""
 
-    def selected_recipe(self):
+    def recipe_for(self, kind: str):
+        """The settings of the partition's recipe."""
         return {"qa_dialogue": self.recipe, "rewrite": self.rewrite, "instruct_seeds": self.instruct_seeds,
-                "reanswer": self.reanswer, "math": self.math}[self.recipe_kind]
+                "reanswer": self.reanswer, "math": self.math}[kind]
     checks: OutputChecksConfig = OutputChecksConfig()
     """Checks on the generated records and the shard's reject-rate gate."""
     batch_size: int = 64
@@ -120,32 +126,37 @@ def request_log_path(st, partition: str, teacher_version: str) -> Path:
     return base / "_requests" / "synthetic" / f"{partition}-{teacher_version}.jsonl"
 
 
-@dg.asset(group_name="synthetic", partitions_def=daily_partitions,
+@dg.asset(group_name="synthetic", partitions_def=synthetic_partitions,
           code_version=source_version(recipes, more_recipes, generators, shard, checks, requestlog),
           check_specs=[dg.AssetCheckSpec("reject_rate_within_limit", asset="synthetic", blocking=True,
                                          description="Rejected prompts (parse, validation and output checks) / all "
                                                      "prompts <= checks.max_reject_rate. Blocks downstream.")])
 def synthetic(context: dg.AssetExecutionContext, config: SyntheticConfig, deduplicated: dict, teacher_model: dict,
               storage: StorageResource, generator: GeneratorResource):
-    """One day's synthetic shard: cleaned documents rewritten as Q&A dialogues by the teacher. Completions that
-    fail to parse, validate or pass the output checks (truncated, refusal, repetition, wrong language, copy of the
+    """One (day × recipe) synthetic shard: the recipe's sources (documents, seed topics, questions, generated
+    problems) turned into conversations by the teacher. Completions that fail to parse, validate or pass the
+    output checks (truncated, refusal, repetition, wrong language, copy of the
     source, near duplicate) are quarantined with the reason. Generation resumes from the shard's request log."""
     st = storage.get()
-    day = context.partition_key
-    recipe = config.selected_recipe()
+    keys = context.partition_key.keys_by_dimension
+    day, kind = keys["day"], keys["recipe"]
+    pk = f"{day}|{kind}"
+    recipe = config.recipe_for(kind)
     sampling = SamplingConfig(config.max_tokens, config.temperature, config.top_p, config.seed)
 
     def build(stage):
         docs = read_parquet(st, deduplicated, "documents.parquet", ["doc_id", "text", "lang"]).to_pylist()
         picked = recipe.sources(docs, config.docs_per_day, config.seed, day)
+        if not picked:
+            context.log.warning(f"recipe {kind}: no sources for {day} (see its settings); the shard is empty")
         gen = generator.build_for(st, teacher_model["dir"])
-        log = RequestLog(request_log_path(st, day, teacher_model["version"]))
-        out = shard.generate_shard(picked, recipe, gen, sampling, day, log=log, model_id=teacher_model["version"],
+        log = RequestLog(request_log_path(st, pk, teacher_model["version"]))
+        out = shard.generate_shard(picked, recipe, gen, sampling, pk, log=log, model_id=teacher_model["version"],
                                    checks=config.checks, batch_size=config.batch_size)
         kept, bad, reasons, res = out.kept, out.rejected, out.reasons, out.generation
         write_parquet(stage / "records.parquet", kept, SYN_SCHEMA)
         write_parquet(stage / "quarantine.parquet", bad, SYN_QUARANTINE)
-        info = {"day": day, "prompts": len(picked), "kept": len(kept), "rejected": len(bad),
+        info = {"day": day, "recipe_kind": kind, "prompts": len(picked), "kept": len(kept), "rejected": len(bad),
                 "rejected_by_reason": dict(reasons), "teacher": teacher_model["version"],
                 "teacher_uri": teacher_model["uri"], "backend": res.backend, "recipe": recipe.name,
                 "template_hash": recipe.template_hash(), "sampling": sampling.__dict__,
@@ -153,6 +164,7 @@ def synthetic(context: dg.AssetExecutionContext, config: SyntheticConfig, dedupl
                 "generation_seconds": round(res.seconds, 2), "tokens_per_second": round(res.tokens_per_second, 1),
                 "generated": out.generated, "resumed": out.resumed,
                 "reject_rate": round(checks.reject_rate(len(picked), reasons), 4),
+                "gate_passed": checks.reject_rate(len(picked), reasons) <= config.checks.max_reject_rate,
                 **{f"backend_{k}": v for k, v in res.extra.items()}}
         write_json(stage / "generation.json", info)  # sidecar: the shard describes how it was made
         return info
@@ -164,7 +176,7 @@ def synthetic(context: dg.AssetExecutionContext, config: SyntheticConfig, dedupl
                                                  "completion_tokens", "tokens_per_second", "generated", "resumed",
                                                  "reject_rate")})
     rate = m["reject_rate"]
-    yield dg.AssetCheckResult(check_name="reject_rate_within_limit", passed=rate <= config.checks.max_reject_rate,
+    yield dg.AssetCheckResult(check_name="reject_rate_within_limit", passed=m["gate_passed"],
                               severity=dg.AssetCheckSeverity.ERROR,
                               metadata={"reject_rate": rate, "max_reject_rate": config.checks.max_reject_rate,
                                         "rejected_by_reason": dg.MetadataValue.json(m["rejected_by_reason"])})

@@ -22,9 +22,12 @@ def corpus_rows(storage, deduplicated: dict) -> list[dict]:
 
 
 def synthetic_rows(storage, synthetic: dict) -> list[dict]:
-    """Records of every materialized synthetic day, in date order."""
+    """Records of every materialized synthetic shard that passed its reject-rate gate, in (day, recipe) order. A
+    shard that failed the gate stays visible in the UI with its reasons but never feeds a tokenizer or a mix."""
     rows: list[dict] = []
     for _, m in sorted(synthetic.items()):
+        if not m.get("gate_passed", True):
+            continue
         rows += read_parquet(storage, m, "records.parquet", ["doc_id", "text", "lang", "turns"]).to_pylist()
     return rows
 

@@ -55,7 +55,7 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
     {asset: {partition: manifest}}). Bad input files do not stop the run: they are quarantined and counted.
     `ops_config` maps asset names to their run config (tests use it for tiny budgets)."""
     from assets.corpus import corpus_partitions
-    from assets.synthetic import daily_partitions
+    from assets.synthetic import daily_partitions, synthetic_key
     from pipelines.definitions import INGEST
 
     import dagster as dg
@@ -84,8 +84,8 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
         log(f"  ingest {f:28s} kept {c.get('kept', '-'):>5} dropped {c.get('dropped', '-'):>4} "
             f"rejected-at-read {out['raw_corpus'].get(f, {}).get('rejected', '-'):>3} "
             f"{'CHECK FAILED ' + ','.join(failed) if failed else 'checks ok'} ({time.perf_counter() - t:.1f}s)")
-    for job, pk in (("curate_job", None), ("synthetic_job", day or daily_partitions.get_last_partition_key()),
-                    ("model_job", None)):
+    syn_pk = synthetic_key(day or daily_partitions.get_last_partition_key())  # the demo teacher knows Q&A only
+    for job, pk in (("curate_job", None), ("synthetic_job", syn_pk), ("model_job", None)):
         t = time.perf_counter()
         names = list(defs.resolve_job_def(job).graph.node_dict)  # op names: "tokenizer", "data_mix__web", ...
         r = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=pk,

@@ -1,6 +1,6 @@
 """The code location: `dagster dev -m pipelines.definitions`.
 
-Graph: raw_corpus[file] → cleaned[file] (+GX check) → deduplicated → teacher_model → synthetic[day] →
+Graph: raw_corpus[file] → cleaned[file] (+GX check) → deduplicated → teacher_model → synthetic[day×recipe] →
 tokenizer → data_mix/<phase> (YAML) → packed_dataset/<phase> (+read-back check) → base_model (through the phases)
 → eval_perplexity; mix_report beside them.
 The resource set is chosen by KURA_ENV: `local` (folder storage, local vLLM engine, in-process steps) or `cluster`
@@ -19,7 +19,7 @@ from assets.evaluation import build_eval_perplexity
 from assets.frozen import frozen_dataset
 from assets.mix import build_mix_assets, load_mix_spec
 from assets.quality import quality_classifier, quality_examples, reference_lm
-from assets.synthetic import daily_partitions, synthetic, teacher_model
+from assets.synthetic import synthetic, synthetic_partitions, teacher_model
 from assets.tokenizer import tokenizer
 from assets.train import build_base_model
 from pipelines.settings import Settings
@@ -65,8 +65,8 @@ ingest_job = dg.define_asset_job("ingest_job", selection=INGEST, partitions_def=
 curate_job = dg.define_asset_job("curate_job", selection=CURATE,
                                  description="Dedup across shards; train the teacher, the quality classifier and the "
                                             "reference LM.")
-synthetic_job = dg.define_asset_job("synthetic_job", selection=SYNTH, partitions_def=daily_partitions,
-                                    description="Generate one day's synthetic shard.")
+synthetic_job = dg.define_asset_job("synthetic_job", selection=SYNTH, partitions_def=synthetic_partitions,
+                                    description="Generate one (day × recipe) synthetic shard.")
 model_job = dg.define_asset_job("model_job", selection=MODEL,
                                 description="Tokenizer, mix, packing, training and evaluation.")
 

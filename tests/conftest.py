@@ -54,6 +54,11 @@ class Graph:
     out: dict
     day: str
 
+    @property
+    def syn(self) -> str:
+        """The demo's synthetic partition: (day, qa_dialogue)."""
+        return f"{self.day}|qa_dialogue"
+
 
 def write_mix(path: Path, instruct_tokens: int = 3000) -> None:
     mix = yaml.safe_load(yaml.safe_dump(TINY_MIX))

@@ -7,6 +7,7 @@ import datetime as dt
 import dagster as dg
 
 from kura.corpus.default import DefaultCorpusConfig, write_default_corpus
+from assets.synthetic import RECIPE_KINDS
 from pipelines.definitions import corpus_files_sensor, synthetic_nightly
 from resources import CorpusResource
 
@@ -60,5 +61,5 @@ def test_corpus_sensor_backpressure_and_already_ingested_files(tmp_path):
 def test_nightly_schedule_generates_the_day_that_ended():
     ctx = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 22, 2, 0, tzinfo=dt.timezone.utc))
     reqs = list(synthetic_nightly.evaluate_tick(ctx).run_requests)
-    assert [r.partition_key for r in reqs] == ["2026-11-21"]
+    assert sorted(r.partition_key for r in reqs) == sorted(f"2026-11-21|{k}" for k in RECIPE_KINDS)
     assert synthetic_nightly.cron_schedule == "0 2 * * *"

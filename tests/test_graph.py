@@ -59,7 +59,7 @@ def test_quality_checks_passed(graph):
 
 
 def test_synthetic_shard_generated_by_vllm(graph):
-    syn = graph.out["synthetic"][graph.day]
+    syn = graph.out["synthetic"][graph.syn]
     assert syn["backend"] == "vllm" and syn["prompts"] == TINY_OPS["synthetic"]["docs_per_day"]
     assert syn["kept"] + syn["rejected"] == syn["prompts"] and syn["kept"] > 0
     sidecar = json.loads((Path(syn["uri"]) / "generation.json").read_text())
@@ -74,7 +74,7 @@ def test_mix_phases_pin_versions_budgets_and_replay(graph):
     assert s[web_src]["quality_bucket"] == [0.3, None] and s[web_src]["max_perplexity"] == 20
     assert s[web_src]["upstream_versions"] == {"all": graph.out["deduplicated"]["version"]}
     assert s[web_src]["documents_available"] <= graph.out["deduplicated"]["kept"]
-    assert s["synthetic"]["upstream_versions"] == {graph.day: graph.out["synthetic"][graph.day]["version"]}
+    assert s["synthetic"]["upstream_versions"] == {graph.syn: graph.out["synthetic"][graph.syn]["version"]}
     assert abs(web["summary"]["tokens_selected"] - 30000) < 1000
     si = ins["summary"]["sources"]
     assert si["synthetic"]["loss_mask"] == "assistant_only" and si["synthetic"]["epochs"] > 1
@@ -197,14 +197,14 @@ def test_synthetic_shard_request_log_and_reject_gate(graph):
     from kura.io import Storage
     from kura.synth.requestlog import RequestLog
 
-    syn = graph.out["synthetic"][graph.day]
+    syn = graph.out["synthetic"][graph.syn]
     assert syn["generated"] + syn["resumed"] == syn["prompts"] and syn["kept"] + syn["rejected"] == syn["prompts"]
     assert syn["reject_rate"] == round(syn["rejected"] / syn["prompts"], 4)
     assert set(syn["rejected_by_reason"]) <= {"unparseable", "starts_with_answer", "no_answer", "empty_turn",
                                               "answer_too_short", "banned_phrase", "truncated", "refusal",
                                               "degenerate_repetition", "wrong_language", "copies_source",
                                               "near_duplicate"}
-    log = request_log_path(Storage(str(graph.home / "storage")), graph.day, graph.out["teacher_model"]["version"])
+    log = request_log_path(Storage(str(graph.home / "storage")), graph.syn, graph.out["teacher_model"]["version"])
     assert 0 < len(RequestLog(log).done) <= syn["prompts"], "finished requests are in the durable log"
     ev = graph.instance.get_latest_asset_check_evaluation_record(
         dg.AssetCheckKey(dg.AssetKey("synthetic"), "reject_rate_within_limit"))
@@ -213,16 +213,25 @@ def test_synthetic_shard_request_log_and_reject_gate(graph):
 
 # last in this file on purpose: it adds a synthetic partition to the session instance that the tests above do not expect
 def test_another_recipe_on_another_day_is_gated_by_its_reject_rate(graph):
-    """recipe_kind=math through the synthetic job (vLLM): the demo teacher never learned the `答え: N` format, so
+    """The (2026-11-18, math) partition through the synthetic job (vLLM): the demo teacher never learned the `答え: N` format, so
     every prompt is quarantined as unparseable and the blocking gate fails — the shard is recorded, the check says
     why."""
+    from assets.synthetic import synthetic_key
+    from assets.tokenizer import synthetic_rows
+    from kura.io import Storage
+
     r = graph.defs.resolve_job_def("synthetic_job").execute_in_process(
-        instance=graph.instance, partition_key="2026-11-18", raise_on_error=False,
-        run_config={"ops": {"synthetic": {"config": {"recipe_kind": "math", "docs_per_day": 6, "max_tokens": 32}}}})
+        instance=graph.instance, partition_key=synthetic_key("2026-11-18", "math"), raise_on_error=False,
+        run_config={"ops": {"synthetic": {"config": {"docs_per_day": 6, "max_tokens": 32}}}})
     assert not r.success
     [check] = r.get_asset_check_evaluations()
     assert check.check_name == "reject_rate_within_limit" and not check.passed
     assert check.metadata["reject_rate"].value == 1.0
     md = graph.instance.get_latest_materialization_event(dg.AssetKey("synthetic")).asset_materialization
-    assert md.partition == "2026-11-18" and md.metadata["recipe"].value == "math"
+    assert md.partition == "2026-11-18|math" and md.metadata["recipe"].value == "math"
     assert md.metadata["rejected_by_reason"].data == {"unparseable": 6}
+    failed = r.output_for_node("synthetic")
+    assert failed["gate_passed"] is False
+    st = Storage(str(graph.home / "storage"))
+    assert synthetic_rows(st, {"2026-11-18|math": failed}) == [], "a shard that failed its gate feeds nothing"
+    assert synthetic_rows(st, {graph.syn: graph.out["synthetic"][graph.syn]})
