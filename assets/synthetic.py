@@ -149,7 +149,7 @@ def synthetic(context: dg.AssetExecutionContext, config: SyntheticConfig, dedupl
         picked = recipe.sources(docs, config.docs_per_day, config.seed, day)
         if not picked:
             context.log.warning(f"recipe {kind}: no sources for {day} (see its settings); the shard is empty")
-        gen = generator.build_for(st, teacher_model["dir"])
+        gen = generator.build_for(st, teacher_model["dir"], context=context)
         log = RequestLog(request_log_path(st, pk, teacher_model["version"]))
         out = shard.generate_shard(picked, recipe, gen, sampling, pk, log=log, model_id=teacher_model["version"],
                                    checks=config.checks, batch_size=config.batch_size)

@@ -41,14 +41,20 @@ class GeneratorResource(dg.ConfigurableResource):
                              gpu=GpuPool(pool=self.gpu_pool, gpus_per_node=self.gpus),
                              env={"KURA_S3_ENDPOINT": self.s3_endpoint} if self.s3_endpoint else {})
 
-    def build_for(self, storage, model_rel: str) -> Generator:
+    def build_for(self, storage, model_rel: str, context=None) -> Generator:
         """A generator for the teacher stored at `model_rel` under `storage` (a kura Storage): the cluster backend
-        hands the pods its URI; the local backends read a local copy."""
+        hands the pods its URI; the local backends read a local copy. With an asset `context`, the vLLM worker
+        (local process or GPU pod) is launched through Dagster Pipes."""
         if self.backend == "kubernetes":
             from resources.kubernetes import KubernetesVllmGenerator
 
-            return KubernetesVllmGenerator(storage, storage.uri(model_rel), self.job_config())
-        return self.build(str(storage.local_dir(model_rel)))
+            return KubernetesVllmGenerator(storage, storage.uri(model_rel), self.job_config(), context=context)
+        gen = self.build(str(storage.local_dir(model_rel)))
+        if context is not None and type(gen) is VllmGenerator:
+            from resources.pipes import PipesVllmGenerator
+
+            return PipesVllmGenerator(gen.model_dir, context)
+        return gen
 
     def build(self, model_dir: str) -> Generator:
         backend = self.backend

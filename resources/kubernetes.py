@@ -18,8 +18,9 @@ class KubernetesVllmGenerator(Generator):
     name = "vllm-kubernetes"
 
     def __init__(self, storage: Storage, model_uri: str, job: VllmJobConfig, timeout_s: float = 6 * 3600,
-                 max_model_len: int = 4096, dtype: str = "bfloat16"):
+                 max_model_len: int = 4096, dtype: str = "bfloat16", context=None):
         self.storage, self.model_uri, self.job, self.timeout_s = storage, model_uri, job, timeout_s
+        self.context = context
         self.local = VllmGenerator(model_uri, max_model_len=max_model_len, dtype=dtype, enforce_eager=False)
 
     def paths(self, request: dict) -> tuple[str, str, str]:
@@ -36,8 +37,30 @@ class KubernetesVllmGenerator(Generator):
         name, req_rel, out_rel = self.paths(request)
         if not self.storage.exists(out_rel):
             self.storage.write_json(req_rel, request)
-            self._run_job(name, self.job_object(request))
+            if self.context is not None:
+                self._run_pipes_pod(request)
+            else:
+                self._run_job(name, self.job_object(request))
         return VllmGenerator.result(json.loads(self.storage.read_bytes(out_rel)))
+
+    def pod_spec(self, request: dict) -> tuple[list[str], dict, dict]:
+        """(command, env, base pod spec) for PipesK8sClient: the Job template's pod, the same object the tests
+        validate, minus what the client sets itself (image, command, env)."""
+        job = self.job_object(request)
+        pod = job["spec"]["template"]["spec"]
+        container = dict(pod["containers"][0])
+        command = container.pop("command")
+        env = {e["name"]: e["value"] for e in container.pop("env")}
+        container.pop("image")
+        return command, env, {**pod, "containers": [container]}
+
+    def _run_pipes_pod(self, request: dict) -> None:
+        """One pod through dagster-k8s Pipes: its log lines and summary stream into the Dagster run."""
+        from dagster_k8s import PipesK8sClient
+
+        command, env, spec = self.pod_spec(request)
+        PipesK8sClient().run(context=self.context, image=self.job.image, command=command, namespace=self.job.namespace,
+                             env=env, base_pod_spec=spec, pod_wait_timeout=self.timeout_s)
 
     def _run_job(self, name: str, job: dict) -> None:
         import kubernetes

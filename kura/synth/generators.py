@@ -104,11 +104,16 @@ class VllmGenerator(Generator):
         with tempfile.TemporaryDirectory(prefix="kura-vllm-") as tmp:
             req, out = Path(tmp) / "request.json", Path(tmp) / "result.json"
             req.write_text(json.dumps(self.request(prompts, sampling)))
-            proc = subprocess.run([sys.executable, "-m", "kura.synth.vllm_worker", str(req), str(out)],
-                                  env=vllm_env(), capture_output=True, text=True, timeout=self.timeout_s)
-            if proc.returncode != 0 or not out.exists():
-                raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+            self.run_worker([sys.executable, "-m", "kura.synth.vllm_worker", str(req), str(out)])
+            if not out.exists():
+                raise RuntimeError("vLLM worker exited without writing its result")
             return self.result(json.loads(out.read_text()))
+
+    def run_worker(self, command: list[str]) -> None:
+        """Run the worker process (the Dagster resource layer overrides this to launch it through Dagster Pipes)."""
+        proc = subprocess.run(command, env=vllm_env(), capture_output=True, text=True, timeout=self.timeout_s)
+        if proc.returncode != 0:
+            raise RuntimeError(f"vLLM worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
 @dataclass
