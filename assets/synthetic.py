@@ -19,7 +19,7 @@ from kura.synth.requestlog import RequestLog
 from resources import GeneratorResource, StorageResource
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date="2026-11-01", end_offset=0)
-RECIPE_KINDS = ("qa_dialogue", "rewrite", "instruct_seeds", "reanswer", "math")
+RECIPE_KINDS = ("qa_dialogue", "rewrite", "instruct_seeds", "reanswer", "problems")
 # one shard per (day × recipe): the nightly schedule fills the day's row, a backfill fills missing days
 synthetic_partitions = dg.MultiPartitionsDefinition({"day": daily_partitions,
                                                      "recipe": dg.StaticPartitionsDefinition(list(RECIPE_KINDS))})
@@ -79,8 +79,8 @@ class ReAnswerConfig(dg.Config, more_recipes.ReAnswerRecipe):
     """Re-answer an instruction dataset (see kura.synth.more_recipes.ReAnswerRecipe)."""
 
 
-class MathConfig(dg.Config, more_recipes.MathRecipe):
-    """Math problems with checked worked answers (see kura.synth.more_recipes.MathRecipe)."""
+class ProblemsConfig(dg.Config, more_recipes.ProblemsRecipe):
+    """Math / logic / code problems with checked answers (see kura.synth.more_recipes.ProblemsRecipe)."""
 
 
 class OutputChecksConfig(dg.Config, checks.OutputChecks):
@@ -101,18 +101,18 @@ class SyntheticConfig(dg.Config):
     recipe: RecipeConfig = RecipeConfig()
     """The Q&A dialogue rewrite recipe (templates, parser limits)."""
     rewrite: RewriteConfig = RewriteConfig()
-    """Settings of recipe_kind=rewrite."""
+    """Settings of the rewrite recipe."""
     instruct_seeds: InstructSeedsConfig = InstructSeedsConfig()
-    """Settings of recipe_kind=instruct_seeds."""
+    """Settings of the instruct_seeds recipe."""
     reanswer: ReAnswerConfig = ReAnswerConfig()
-    """Settings of recipe_kind=reanswer."""
-    math: MathConfig = MathConfig()
-    """Settings of recipe_kind=math."""
+    """Settings of the reanswer recipe."""
+    problems: ProblemsConfig = ProblemsConfig()
+    """Settings of the problems recipe."""
 
     def recipe_for(self, kind: str):
         """The settings of the partition's recipe."""
         return {"qa_dialogue": self.recipe, "rewrite": self.rewrite, "instruct_seeds": self.instruct_seeds,
-                "reanswer": self.reanswer, "math": self.math}[kind]
+                "reanswer": self.reanswer, "problems": self.problems}[kind]
     checks: OutputChecksConfig = OutputChecksConfig()
     """Checks on the generated records and the shard's reject-rate gate."""
     batch_size: int = 64

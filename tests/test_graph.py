@@ -223,7 +223,8 @@ def test_generation_reports_through_dagster_pipes(graph):
 
 # last in this file on purpose: it adds a synthetic partition to the session instance that the tests above do not expect
 def test_another_recipe_on_another_day_is_gated_by_its_reject_rate(graph):
-    """The (2026-11-18, math) partition through the synthetic job (vLLM): the demo teacher never learned the `答え: N` format, so
+    """The (2026-11-18, problems) partition through the synthetic job (vLLM): the demo teacher never learned the
+    `答え: X` format, so
     every prompt is quarantined as unparseable and the blocking gate fails — the shard is recorded, the check says
     why."""
     from assets.synthetic import synthetic_key
@@ -231,17 +232,17 @@ def test_another_recipe_on_another_day_is_gated_by_its_reject_rate(graph):
     from kura.io import Storage
 
     r = graph.defs.resolve_job_def("synthetic_job").execute_in_process(
-        instance=graph.instance, partition_key=synthetic_key("2026-11-18", "math"), raise_on_error=False,
+        instance=graph.instance, partition_key=synthetic_key("2026-11-18", "problems"), raise_on_error=False,
         run_config={"ops": {"synthetic": {"config": {"docs_per_day": 6, "max_tokens": 32}}}})
     assert not r.success
     [check] = r.get_asset_check_evaluations()
     assert check.check_name == "reject_rate_within_limit" and not check.passed
     assert check.metadata["reject_rate"].value == 1.0
     md = graph.instance.get_latest_materialization_event(dg.AssetKey("synthetic")).asset_materialization
-    assert md.partition == "2026-11-18|math" and md.metadata["recipe"].value == "math"
+    assert md.partition == "2026-11-18|problems" and md.metadata["recipe"].value == "problems"
     assert md.metadata["rejected_by_reason"].data == {"unparseable": 6}
     failed = r.output_for_node("synthetic")
     assert failed["gate_passed"] is False
     st = Storage(str(graph.home / "storage"))
-    assert synthetic_rows(st, {"2026-11-18|math": failed}) == [], "a shard that failed its gate feeds nothing"
+    assert synthetic_rows(st, {"2026-11-18|problems": failed}) == [], "a shard that failed its gate feeds nothing"
     assert synthetic_rows(st, {graph.syn: graph.out["synthetic"][graph.syn]})

@@ -125,7 +125,7 @@ def test_openai_backend_against_a_real_vllm_server(graph, vllm_server, monkeypat
 def test_recipe_families_round_trip_their_reference_output_and_name_failures(tmp_path):
     import json
 
-    from kura.synth.more_recipes import InstructFromSeedsRecipe, MathRecipe, ReAnswerRecipe, RewriteRecipe
+    from kura.synth.more_recipes import InstructFromSeedsRecipe, ProblemsRecipe, ReAnswerRecipe, RewriteRecipe
 
     doc = {"doc_id": "d", "lang": "ja", "text": "東京の鉄道は明治時代に始まりました。送料無料！今すぐクリック。駅は町の中心になりました。"}
     for r in (RewriteRecipe(), RewriteRecipe(style="dialogue"), RewriteRecipe(translate_en=True)):
@@ -151,15 +151,20 @@ def test_recipe_families_round_trip_their_reference_output_and_name_failures(tmp
     with pytest.raises(ValueError, match="expected q1/a1/q2/a2"):
         seeds.parse("質問1: a\n回答1: b\n回答2: c")
 
-    math = MathRecipe()
-    probs = math.sources([], 5, 1, "2026-11-01")
-    assert probs == math.sources([], 5, 1, "2026-11-01") and all(isinstance(p["answer"], int) for p in probs)
-    good = math.parse(MathRecipe.reference_for(probs[0]))
-    assert math.validate(good, probs[0]) == (True, "ok") and good[0]["content"] == probs[0]["text"]
-    wrong = math.parse(f"計算しました。\n答え: {probs[0]['answer'] + 1}")
-    assert math.validate(wrong, probs[0]) == (False, "wrong_answer")
+    problems = ProblemsRecipe()
+    probs = problems.sources([], 6, 1, "2026-11-01")
+    assert probs == problems.sources([], 6, 1, "2026-11-01")
+    assert [p["domain"] for p in probs] == ["math", "logic", "code"] * 2
+    for p in probs:  # the worked reference answer of every domain checks out
+        good = problems.parse(ProblemsRecipe.reference_for(p))
+        assert problems.validate(good, p) == (True, "ok") and good[0]["content"] == p["text"]
+    code = probs[2]
+    assert eval(code["text"].split("について")[0].split("def ")[1].replace("f(x): return ", "lambda x: ")
+                .join(["(", ")"]))(int(code["text"].split("f(")[-1].split(")")[0])) == int(code["answer"])
+    wrong = problems.parse("計算しました。\n答え: 12345")
+    assert problems.validate(wrong, probs[0]) == (False, "wrong_answer")
     with pytest.raises(ValueError, match="答え"):
-        math.parse("わかりません")
+        problems.parse("わかりません")
 
     qfile = tmp_path / "questions.jsonl"
     qfile.write_text('{"question": "富士山の高さは？"}\n{"question": "寿司とは？"}\n')
@@ -172,4 +177,4 @@ def test_recipe_families_round_trip_their_reference_output_and_name_failures(tmp
     with pytest.raises(ValueError, match="bad.jsonl:1"):
         ReAnswerRecipe(questions_path=str(tmp_path / "bad.jsonl")).sources([], 1, 0, "d")
     assert ReAnswerRecipe().sources([], 1, 0, "d") == [], "no question set configured: an empty shard"
-    assert len({r.template_hash() for r in (RewriteRecipe(), seeds, math, ra)}) == 4
+    assert len({r.template_hash() for r in (RewriteRecipe(), seeds, problems, ra)}) == 4

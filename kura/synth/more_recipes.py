@@ -1,6 +1,7 @@
 """The other recipe families (Tanuki's synthetic data): rewrite as textbook or dialogue with an optional paired
 English translation, multi-turn instructions from seed topics (optionally with JSON answers), re-answering an
-existing instruction set, and math problems with worked answers checked against the known result.
+existing instruction set, and math / logic / code-reading problems with worked answers checked against the known
+result.
 
 Every recipe has the same four pure parts as `QADialogueRecipe`: `sources` (what one partition draws: documents,
 seed topics, questions or generated problems), `render` (source → prompt), `parse` (completion → chat turns, or
@@ -14,7 +15,7 @@ import random
 import re
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from kura.io.hashing import stable_hash
 
@@ -195,42 +196,67 @@ class ReAnswerRecipe(RecipeBase):
         return f" {text.rstrip('？?')}については、基本から順に説明します。\n"
 
 
-class MathRecipe(RecipeBase):
-    """Arithmetic word problems generated with their answers; the teacher writes a worked solution ending in
-    `答え: N`, which must equal the known answer (`wrong_answer` otherwise)."""
+class ProblemsRecipe(RecipeBase):
+    """Specialized data: math, logic and code-reading problems generated with their answers; the teacher writes
+    a worked solution ending in `答え: X`, which must equal the known answer (`wrong_answer` otherwise)."""
 
-    name: str = Field("math", description="Recipe name.")
-    template: str = Field("問題: {problem}\n途中の計算を書き、最後に「答え: 数」と書いてください。\n",
+    name: str = Field("problems", description="Recipe name.")
+    domains: list[str] = Field(default_factory=lambda: ["math", "logic", "code"],
+                               description="Problem domains, drawn in turn: math, logic, code.")
+    template: str = Field("問題: {problem}\n途中の考え方を書き、最後に「答え: 」に続けて答えだけを書いてください。\n",
                           description="Prompt; {problem} is replaced.")
+
+    @field_validator("domains")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [d for d in v if d not in ("math", "logic", "code")]
+        if bad or not v:
+            raise ValueError(f"domains must be a non-empty list of math, logic, code; got {v}")
+        return v
 
     def sources(self, docs: list[dict], n: int, seed: int, partition: str) -> list[dict]:
         r = random.Random(f"{seed}:{self.name}:{partition}")
         out = []
         for i in range(n):
-            a, b, c = r.randint(2, 40), r.randint(2, 40), r.randint(2, 9)
-            item = r.choice(["りんご", "本", "切符", "鉛筆"])
-            text = f"{item}が{a}個あり、{b}個もらいました。それを{c}人で同じ数ずつ分けると、余りを除いて一人何個ですか。"
-            out.append({"doc_id": f"math:{partition}:{i}", "text": text, "lang": "ja", "answer": (a + b) // c,
-                        "work": f"{a}+{b}={a + b}、{a + b}÷{c}={(a + b) // c}余り{(a + b) % c}"})
+            domain = self.domains[i % len(self.domains)]
+            if domain == "math":
+                a, b, c = r.randint(2, 40), r.randint(2, 40), r.randint(2, 9)
+                item = r.choice(["りんご", "本", "切符", "鉛筆"])
+                text = (f"{item}が{a}個あり、{b}個もらいました。それを{c}人で同じ数ずつ分けると、余りを除いて一人"
+                        f"何個ですか。")
+                answer, work = str((a + b) // c), f"{a}+{b}={a + b}、{a + b}÷{c}={(a + b) // c}余り{(a + b) % c}"
+            elif domain == "logic":
+                names = r.sample(["佐藤", "鈴木", "高橋", "田中", "伊藤"], 3)
+                text = (f"{names[0]}さんは{names[1]}さんより背が高く、{names[1]}さんは{names[2]}さんより背が高い"
+                        f"です。一番背が低いのは誰ですか。")
+                answer, work = f"{names[2]}さん", f"{names[0]}>{names[1]}>{names[2]}なので一番低いのは{names[2]}さん"
+            else:
+                a, b, c = r.randint(2, 9), r.randint(1, 20), r.randint(1, 12)
+                text = f"Pythonの関数 def f(x): return x * {a} + {b} について、f({c}) の値はいくつですか。"
+                answer, work = str(a * c + b), f"f({c}) = {c} * {a} + {b} = {a * c + b}"
+            out.append({"doc_id": f"{domain}:{partition}:{i}", "text": text, "lang": "ja", "answer": answer,
+                        "work": work, "domain": domain})
         return out
 
     def render(self, text: str, lang: str) -> str:
         return self.template.format(problem=text)
 
     def parse(self, completion: str) -> list[dict]:
-        m = re.search(r"答え\s*[:：]\s*(-?\d+)", completion)
-        if not m:
-            raise ValueError("no 答え: N line")
+        if not _ANSWER.search(completion):
+            raise ValueError("no 答え: line")
         return [{"role": "user", "content": ""}, {"role": "assistant", "content": completion.strip()}]
 
     def validate(self, turns: list[dict], source: dict | None = None) -> tuple[bool, str]:
         if source is not None:
             turns[0]["content"] = source["text"]
-            got = int(re.search(r"答え\s*[:：]\s*(-?\d+)", turns[1]["content"]).group(1))
-            if got != source["answer"]:
+            got = _ANSWER.search(turns[1]["content"]).group(1).strip().rstrip("。.")
+            if got != str(source["answer"]):
                 return False, "wrong_answer"
         return True, "ok"
 
     @staticmethod
     def reference_for(source: dict) -> str:
         return f"{source['work']}。\n答え: {source['answer']}\n"
+
+
+_ANSWER = re.compile(r"答え\s*[:：]\s*([^\n]+)")
