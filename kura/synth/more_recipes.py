@@ -5,7 +5,8 @@ result.
 
 Every recipe has the same four pure parts as `QADialogueRecipe`: `sources` (what one partition draws: documents,
 seed topics, questions or generated problems), `render` (source → prompt), `parse` (completion → chat turns, or
-ValueError) and `validate` (turns, source → keep/drop + reason). `reference_completion` writes the output a
+ValueError) and `validate` (turns, source → keep/drop + reason; for recipes whose prompt is the source itself —
+a question, a problem — it also fills the user turn from the source, which the completion does not repeat). `reference_completion` writes the output a
 competent teacher would give; it teaches the tiny test teacher the format (real teachers need no such help).
 """
 from __future__ import annotations
