@@ -9,15 +9,13 @@ Near duplicates: kura.dedup.minhash; both run shard by shard in kura.dedup.incre
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
 from dataclasses import dataclass, field
 
-_DROP = re.compile(r"[\s\W_]+", re.UNICODE)
+from kura.dedup.minhash import normalize_for_shingles
 
 
 def dedup_key(text: str) -> bytes:
-    norm = _DROP.sub("", unicodedata.normalize("NFKC", text).lower())
+    norm = normalize_for_shingles(text)  # the same normalization as the MinHash shingles
     return hashlib.blake2b(norm.encode("utf-8"), digest_size=16).digest()
 
 

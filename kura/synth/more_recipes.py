@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from kura.io.hashing import stable_hash
+from kura.synth.recipes import QADialogueRecipe
 
 
 class RecipeBase(BaseModel):
@@ -27,9 +28,7 @@ class RecipeBase(BaseModel):
     def template_hash(self) -> str:
         return stable_hash({k: v for k, v in self.model_dump().items() if "template" in k or k == "name"})
 
-    @staticmethod
-    def to_text(turns: list[dict]) -> str:
-        return "\n".join(f"{t['role']}: {t['content']}" for t in turns)
+    to_text = staticmethod(QADialogueRecipe.to_text)  # one plain `role: content` rendering for every recipe
 
     def sources(self, docs: list[dict], n: int, seed: int, partition: str) -> list[dict]:
         """What one partition works on: by default a seeded draw of documents (doc_id, text, lang)."""
