@@ -40,15 +40,20 @@ def asset_storage_key(context: dg.AssetExecutionContext) -> str:
     return f"{key}/{context.partition_key}" if context.has_partition_key else key
 
 
+def input_version_of(context: dg.AssetExecutionContext, config: Any, upstream: dict[str, Any]) -> str:
+    """Hash of code version, config, upstream data versions and partition: what an output is keyed by."""
+    code_version = context.assets_def.code_versions_by_key.get(context.asset_key) or ""
+    cfg = config.model_dump() if hasattr(config, "model_dump") else config
+    return stable_hash({"code": code_version, "config": cfg, "upstream": upstream_versions(upstream),
+                        "partition": context.partition_key if context.has_partition_key else None})
+
+
 def run_versioned(context: dg.AssetExecutionContext, storage: Storage, *, config: Any, upstream: dict[str, Any],
                   build: Callable[[Path], dict]) -> tuple[dict, bool]:
     """Build (or reuse) the output for these inputs. The input version covers code version, config and upstream
     data versions; the output folder is named by the content hash of what was built."""
-    code_version = context.assets_def.code_versions_by_key.get(context.asset_key) or ""
-    cfg = config.model_dump() if hasattr(config, "model_dump") else config
-    input_version = stable_hash({"code": code_version, "config": cfg, "upstream": upstream_versions(upstream),
-                                 "partition": context.partition_key if context.has_partition_key else None})
-    manifest, reused = materialize_versioned(storage, asset_storage_key(context), input_version, build)
+    manifest, reused = materialize_versioned(storage, asset_storage_key(context),
+                                             input_version_of(context, config, upstream), build)
     if reused:
         context.log.info(f"reusing {manifest['uri']} (same inputs as an earlier run)")
     return manifest, reused
@@ -126,6 +131,32 @@ def bar_chart_md(counts: dict[str, int], title: str) -> dg.MetadataValue:
         ax.text(v, i, f" {v}", va="center", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
+
+
+def curves_md(curve: list[dict], title: str) -> dg.MetadataValue:
+    """Loss and learning-rate curves (two panels, shared step axis) as a markdown image."""
+    import base64
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in curve]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(5.5, 4.0), dpi=90, sharex=True)
+    a.plot(steps, [r["loss"] for r in curve], color="#4c72b0")
+    a.set_ylabel("loss", fontsize=8)
+    a.set_title(title, fontsize=9)
+    b.plot(steps, [r["lr"] for r in curve], color="#dd8452")
+    b.set_ylabel("learning rate", fontsize=8)
+    b.set_xlabel("step", fontsize=8)
+    for ax in (a, b):
+        ax.tick_params(labelsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -6,6 +6,7 @@ Each phase's code version hashes only that phase's part of the YAML, so editing 
 phase's `data_mix` stale; its automation condition then rebuilds that phase and what depends on it, nothing else.
 """
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -146,6 +147,8 @@ def _packed_asset(mix, phase) -> dg.AssetsDefinition:
                               st.local_dir(tokenizer["dir"]) / "tokenizer.model", seq_len)
             info.update(phase=data_mix["phase"]["name"], mix=data_mix["version"], tokenizer=tokenizer["version"])
             write_json(stage / "packed.json", info)
+            # the frozen dataset a training pod pulls is self-sufficient: Megatron-LM's --tokenizer-model reads it
+            shutil.copy(st.local_dir(tokenizer["dir"]) / "tokenizer.model", stage / "tokenizer.model")
             return info
 
         m, reused = run_versioned(context, st, config={}, upstream={"data_mix": data_mix, "tokenizer": tokenizer},

@@ -128,8 +128,8 @@ def demo(args) -> int:
     print(f"kura demo: corpus {defs.resources['corpus'].folder()}")
     out = run_pipeline(instance, defs, args.day)
     secs = time.perf_counter() - t0
-    ev = out["eval_perplexity"]
-    bm = out["base_model"]
+    evs = out["eval_perplexity"]
+    cks = dict(sorted(out["checkpoint"].items(), key=lambda kv: len(kv[1]["lineage"]["chain"])))
     syn = next(iter(out["synthetic"].values()))
     print("\nResults")
     print(f"  documents kept after cleaning : {sum(m['kept'] for m in out['cleaned'].values())} "
@@ -145,18 +145,28 @@ def demo(args) -> int:
         srcs = ", ".join(f"{k} {v['real_tokens']}" for k, v in p["train"].items())
         print(f"  packed [{phase}]{' ' * max(0, 19 - len(phase))}: {p['train_tokens']} tokens at length "
               f"{p['sequence_length']} ({srcs}); utilization {p['utilization']:.2%}")
-    print(f"  base model                    : {bm['stats']['parameters']} params, loss "
-          f"{bm['stats']['first_loss']} -> {bm['stats']['final_loss']}, steps {bm['stats']['steps_per_phase']}")
-    for phase, langs in ev["perplexity"].items():
-        for lang, v in langs.items():
-            print(f"  held-out perplexity [{phase}/{lang}]: {v['perplexity']} (uniform {v['uniform_baseline']})")
-    print(f"\n  checkpoint : {bm['uri']}")
-    print(f"  eval       : {ev['uri']}/perplexity.json")
+    for run, ck in cks.items():
+        st = ck["stats"]
+        up = out.get("upcycled", {}).get(run)
+        extra = (f"; upcycled to {up['info']['experts']} experts (logits vs dense differ by "
+                 f"{up['info'].get('max_logit_diff_vs_dense', float('nan')):.1e})" if up else "")
+        print(f"  checkpoint/{run:<9s}: {' → '.join(ck['lineage']['chain'])}; {st['parameters']} params, "
+              f"{st['iterations']} steps, loss {st['first_loss']} -> {st['final_loss']}, "
+              f"{st['tokens_per_second']:.0f} tok/s{extra}")
+    for run, ev in sorted(evs.items(), key=lambda kv: list(cks).index(kv[0])):
+        ppls = ", ".join(f"{phase}/{lang} {v['perplexity']}" for phase, langs in ev["perplexity"].items()
+                         for lang, v in langs.items())
+        print(f"  held-out perplexity [{run}]: {ppls}")
+    last = list(cks)[-1]
+    print(f"\n  checkpoint : {cks[last]['uri']}")
+    print(f"  HF export  : {out['hf_model'][last]['uri']}  (AutoModelForCausalLM / vLLM)")
+    print(f"  eval       : {evs[last]['uri']}/perplexity.json")
     print(f"  mix report : {out['mix_report']['uri']}/mix_report.png")
     print(f"  storage    : {defs.resources['storage'].root}")
     print(f"\nWhole DAG in {secs:.0f} s. Open the lineage in the Dagster UI:  make ui   → http://127.0.0.1:3000")
     if args.json:
-        Path(args.json).write_text(json.dumps({"seconds": secs, "perplexity": ev["perplexity"]}, indent=1))
+        Path(args.json).write_text(json.dumps({"seconds": secs, "perplexity": {r: e["perplexity"] for r, e in evs.items()}},
+                                               indent=1))
     return 0
 
 
@@ -187,7 +197,7 @@ def k8s_cmd(args) -> int:
     """Render the GPU job templates (validated against the Kubernetes schemas) as YAML into a folder."""
     import yaml
 
-    from kura.k8s.manifests import (MegatronJobConfig, VllmJobConfig, megatron_training, validate,
+    from kura.k8s.manifests import (VllmJobConfig, validate,
                                     vllm_generation_job)
 
     from kura.k8s.helm import DeploySettings, helm_values
@@ -203,14 +213,37 @@ def k8s_cmd(args) -> int:
     docs = {"vllm-generation-job.yaml": [vllm_generation_job("kura-synthetic-example", VllmJobConfig(),
                                                              "s3://kura-artifacts/requests/example.json",
                                                              "s3://kura-artifacts/results/example.json")],
-            "megatron-training.yaml": megatron_training("kura-pretrain-example", MegatronJobConfig(),
-                                                        ["--use-mcore-models"])}
+            **pretraining_jobs()}
     for name, objs in docs.items():
         for o in objs:
             validate(o)
         (out / name).write_text(yaml.safe_dump_all(objs, sort_keys=False))
         print(f"wrote {out / name} ({len(objs)} objects, schema-valid)")
     return 0
+
+
+def pretraining_jobs() -> dict[str, list[dict]]:
+    """One [Service, Indexed Job] per run spec in pipelines/runs (KURA_RUNS_DIR), from the same specs the local
+    trainer uses; the blend names the phase's sources with the mix's weights."""
+    from kura.mix.spec import load_mix
+    from kura.pack.megatron import safe_name
+    from kura.train.spec import load_run_specs
+    from pipelines.settings import Settings
+    from resources.trainer import TrainerResource
+
+    s = Settings.from_env()
+    mix = load_mix(s.mix_file)
+    phases = {p.name: p for p in mix.phases}
+    trainer = TrainerResource(backend="kubernetes", namespace=s.k8s_namespace, image=s.image_megatron,
+                              gpu_pool=s.gpu_pool)
+    out = {}
+    for spec in load_run_specs(s.runs_dir, list(phases)):
+        ph = phases[spec.phase]
+        blend = [x for src in ph.sources for x in (str(src.weight or 1.0), f"train_{safe_name(src.source)}")]
+        out[f"pretrain-{spec.name}.yaml"] = trainer.job_objects(
+            spec, seq_length=ph.sequence_length, blend=blend, parent=spec.init_from,
+            dataset_dvc_path=f"data/frozen/packed_dataset_{spec.phase}")
+    return out
 
 
 SECRETS = {"kura-s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), "kura-model-store": ("HF_TOKEN",)}

@@ -1,8 +1,9 @@
 """The code location: `dagster dev -m pipelines.definitions`.
 
 Graph: raw_corpus[file] → cleaned[file] (+GX check) → deduplicated → teacher_model → synthetic[day×recipe] →
-tokenizer → data_mix/<phase> (YAML) → packed_dataset/<phase> (+read-back check) → base_model (through the phases)
-→ eval_perplexity; mix_report beside them.
+tokenizer → data_mix/<phase> (YAML) → packed_dataset/<phase> (+read-back check) → checkpoint/<run> chain from
+pipelines/runs/*.yaml (dense_1 → dense_2 → upcycled/moe_1 → moe_1) → hf_model/<run> → eval_perplexity/<run>;
+mix_report beside them.
 The resource set is chosen by KURA_ENV: `local` (folder storage, local vLLM engine, in-process steps) or `cluster`
 (S3 storage and input, vLLM GPU Jobs for generation, every step in its own pod through k8s_job_executor).
 """
@@ -15,21 +16,23 @@ import yaml
 from dagster_k8s import k8s_job_executor
 
 from assets.corpus import cleaned, corpus_partitions, deduplicated, raw_corpus
-from assets.evaluation import build_eval_perplexity
 from assets.frozen import frozen_dataset
 from assets.mix import build_mix_assets, load_mix_spec
 from assets.quality import quality_classifier, quality_examples, reference_lm
 from assets.synthetic import synthetic, synthetic_partitions, teacher_model
 from assets.tokenizer import tokenizer
-from assets.train import build_base_model
+from assets.pretrain import build_pretraining_assets
 from pipelines.settings import Settings
+from kura.train.spec import load_run_specs
 from resources import CorpusResource, GeneratorResource, ManifestIOManager, StorageResource
+from resources.trainer import TrainerResource
 
 INGEST = ["raw_corpus", "cleaned"]
 CURATE = ["deduplicated", "teacher_model", "quality_examples", "quality_classifier", "reference_lm"]
 SYNTH = ["synthetic"]
-MODEL = dg.AssetSelection.assets("tokenizer", "base_model", "eval_perplexity", "mix_report") | \
-    dg.AssetSelection.key_prefixes(["data_mix"], ["packed_dataset"])
+MODEL = dg.AssetSelection.assets("tokenizer", "mix_report") | \
+    dg.AssetSelection.key_prefixes(["data_mix"], ["packed_dataset"], ["checkpoint"], ["upcycled"], ["hf_model"],
+                                   ["eval_perplexity"])
 
 
 def s3_credentials(s: Settings) -> dict:
@@ -57,6 +60,9 @@ def build_resources(s: Settings) -> dict:
         "generator": GeneratorResource(backend="kubernetes", namespace=s.k8s_namespace, image=s.image_vllm,
                                        gpu_pool=s.gpu_pool, s3_endpoint=s.s3_endpoint or "")
         if s.env == "cluster" else GeneratorResource(backend="auto"),
+        "trainer": TrainerResource(backend="kubernetes", namespace=s.k8s_namespace, image=s.image_megatron,
+                                   gpu_pool=s.gpu_pool, pipes_bucket=s.pipes_bucket, s3_endpoint=s.s3_endpoint or "")
+        if s.env == "cluster" else TrainerResource(backend="local"),
     }
 
 
@@ -68,7 +74,7 @@ curate_job = dg.define_asset_job("curate_job", selection=CURATE,
 synthetic_job = dg.define_asset_job("synthetic_job", selection=SYNTH, partitions_def=synthetic_partitions,
                                     description="Generate one (day × recipe) synthetic shard.")
 model_job = dg.define_asset_job("model_job", selection=MODEL,
-                                description="Tokenizer, mix, packing, training and evaluation.")
+                                description="Tokenizer, mix, packing, the pretraining chain, export and evaluation.")
 
 synthetic_nightly = dg.build_schedule_from_partitioned_job(synthetic_job, hour_of_day=2, minute_of_hour=0,
                                                            name="synthetic_nightly")
@@ -123,7 +129,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         assets=[raw_corpus, cleaned, deduplicated, teacher_model, quality_examples, quality_classifier, reference_lm,
                 synthetic,
                 tokenizer,
-                *build_mix_assets(s.mix_file, mix), build_base_model(phases), build_eval_perplexity(phases),
+                *build_mix_assets(s.mix_file, mix), *build_pretraining_assets(load_run_specs(s.runs_dir, phases), phases),
                 *frozen_sources()],
         jobs=[ingest_job, curate_job, synthetic_job, model_job],
         executor=k8s_job_executor if s.env == "cluster" else None,

@@ -21,6 +21,9 @@ class Settings:
     k8s_namespace: str = "kura"
     gpu_pool: str = "gpu"
     image_vllm: str = "ghcr.io/your-org/kura-gpu-vllm:0.1.0"
+    runs_dir: Path = PIPELINES_DIR / "runs"
+    image_megatron: str = "ghcr.io/your-org/kura-gpu-megatron:0.1.0"
+    pipes_bucket: str = ""
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -36,4 +39,7 @@ class Settings:
                    default_corpus_docs=int(os.environ.get("KURA_DEFAULT_CORPUS_DOCS", "3000")),
                    k8s_namespace=os.environ.get("KURA_K8S_NAMESPACE", "kura"),
                    gpu_pool=os.environ.get("KURA_GPU_POOL", "gpu"),
-                   image_vllm=os.environ.get("KURA_IMAGE_VLLM", "ghcr.io/your-org/kura-gpu-vllm:0.1.0"))
+                   image_vllm=os.environ.get("KURA_IMAGE_VLLM", "ghcr.io/your-org/kura-gpu-vllm:0.1.0"),
+                   runs_dir=Path(os.environ.get("KURA_RUNS_DIR", PIPELINES_DIR / "runs")),
+                   image_megatron=os.environ.get("KURA_IMAGE_MEGATRON", "ghcr.io/your-org/kura-gpu-megatron:0.1.0"),
+                   pipes_bucket=os.environ.get("KURA_PIPES_BUCKET", ""))

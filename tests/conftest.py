@@ -32,8 +32,10 @@ TINY_OPS = {
     "quality_examples": {"generated_docs": 1500},
     "synthetic": {"docs_per_day": 32, "max_tokens": 64},
     "tokenizer": {"vocab_size": 800},
-    "base_model": {"train": {"train_steps": 20, "micro_batch_size": 8, "warmup_steps": 2}},
-    "eval_perplexity": {"max_docs": 40},
+    "checkpoint__dense_1": {"train_iters": 6},
+    "checkpoint__dense_2": {"train_iters": 4},
+    "checkpoint__moe_1": {"train_iters": 3},
+    **{f"eval_perplexity__{r}": {"max_docs": 40} for r in ("dense_1", "dense_2", "moe_1")},
 }
 TINY_MIX = {"name": "tiny", "phases": [
     {"name": "web", "sequence_length": 64, "total_tokens": 30000, "heldout_fraction": 0.1,

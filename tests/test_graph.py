@@ -12,9 +12,10 @@ import pytest
 from tests.conftest import TINY_OPS, write_mix
 
 PARTITIONED = ("raw_corpus", "cleaned", "synthetic")
-PHASED = ("data_mix", "packed_dataset")
+PHASED = ("data_mix", "packed_dataset", "checkpoint", "hf_model", "eval_perplexity", "upcycled")
 SINGLE = ("deduplicated", "teacher_model", "quality_examples", "quality_classifier", "reference_lm", "tokenizer",
-          "base_model", "eval_perplexity", "mix_report")
+          "mix_report")
+RUNS = ("dense_1", "dense_2", "moe_1")
 PHASES = ("web", "instruct")
 
 
@@ -31,8 +32,9 @@ def test_every_asset_materialized_with_content_version(graph):
             assert (Path(man["uri"]) / "_MANIFEST.json").exists(), name
             assert man["dir"].endswith(man["version"]), "output lives under key/version"
     assert set(graph.out["data_mix"]) == set(PHASES) == set(graph.out["packed_dataset"])
-    mat = graph.instance.get_latest_materialization_event(dg.AssetKey("base_model")).asset_materialization
-    assert mat.tags["dagster/data_version"] == graph.out["base_model"]["version"]
+    assert set(graph.out["checkpoint"]) == set(RUNS) == set(graph.out["eval_perplexity"])
+    mat = graph.instance.get_latest_materialization_event(dg.AssetKey(["checkpoint", "moe_1"])).asset_materialization
+    assert mat.tags["dagster/data_version"] == graph.out["checkpoint"]["moe_1"]["version"]
 
 
 def test_every_document_accounted_for(graph):
@@ -102,19 +104,33 @@ def test_packed_dataset_reads_back_with_megatron(graph):
     assert set(np.unique(mask[0])) <= {0, 1} and len(mask) == t["sequences"]
 
 
-def test_checkpoint_describes_itself_and_eval_is_sane(graph):
-    ck = Path(graph.out["base_model"]["uri"])
-    for f in ("model.safetensors", "config.json", "tokenizer.model", "tokenizer_hf/tokenizer.json",
-              "lineage.json", "loss_curve.json"):
-        assert (ck / f).exists(), f
-    lineage = json.loads((ck / "lineage.json").read_text())
-    assert lineage["packed_dataset"] == {p: graph.out["packed_dataset"][p]["version"] for p in PHASES}
-    assert [r["phase"] for r in json.loads((ck / "loss_curve.json").read_text())][-1] == "instruct"
-    ppl = graph.out["eval_perplexity"]["perplexity"]
-    assert set(ppl) == set(PHASES) and set(ppl["web"]) == {"ja", "en"}
-    for langs in ppl.values():
-        for v in langs.values():
-            assert 1.0 < v["perplexity"] < v["uniform_baseline"]
+def test_checkpoint_chain_describes_itself_and_eval_is_sane(graph):
+    cks = graph.out["checkpoint"]
+    for run in RUNS:
+        ck = Path(cks[run]["uri"])
+        for f in ("model.safetensors", "config.json", "tokenizer.model", "tokenizer_hf/tokenizer.json",
+                  "lineage.json", "loss_curve.json"):
+            assert (ck / f).exists(), (run, f)
+    lin = {r: json.loads((Path(cks[r]["uri"]) / "lineage.json").read_text()) for r in RUNS}
+    assert lin["dense_1"]["packed_dataset"] == graph.out["packed_dataset"]["web"]["version"]
+    assert lin["dense_2"]["packed_dataset"] == graph.out["packed_dataset"]["instruct"]["version"]
+    assert lin["dense_1"]["parent"] is None and lin["dense_2"]["parent"] == cks["dense_1"]["version"]
+    assert lin["moe_1"]["parent"] == graph.out["upcycled"]["moe_1"]["version"]
+    assert lin["moe_1"]["chain"] == ["dense_1", "dense_2", "moe_1"]
+    up = graph.out["upcycled"]["moe_1"]
+    assert up["lineage"]["upcycled_from"] == cks["dense_2"]["version"]
+    assert up["info"]["max_logit_diff_vs_dense"] < 0.05, "small expert noise only"
+    assert cks["moe_1"]["stats"]["parameters"] > cks["dense_2"]["stats"]["parameters"]
+    assert [r["step"] for r in json.loads((Path(cks["dense_1"]["uri"]) / "loss_curve.json").read_text())][-1] == 5
+    mat = graph.instance.get_latest_materialization_event(dg.AssetKey(["checkpoint", "dense_1"])).asset_materialization
+    assert "loss_and_lr" in mat.metadata and mat.metadata["train_tokens"].value > 0
+    assert mat.metadata["chain"].value == "dense_1"
+    for run in RUNS:
+        ppl = graph.out["eval_perplexity"][run]["perplexity"]
+        assert set(ppl) == set(PHASES) and set(ppl["web"]) == {"ja", "en"}
+        for langs in ppl.values():
+            for v in langs.values():
+                assert 1.0 < v["perplexity"] < v["uniform_baseline"], run
 
 
 def test_quality_classifier_separates_the_generated_examples(graph):
@@ -149,7 +165,7 @@ def test_rerun_is_a_noop_with_identical_versions(graph):
     for name in PARTITIONED + PHASED + SINGLE:
         assert [m["dir"] for m in manifests(graph, name)] == [
             m["dir"] for m in (list(again[name].values()) if name in PARTITIONED + PHASED else [again[name]])], name
-    mat = graph.instance.get_latest_materialization_event(dg.AssetKey("base_model")).asset_materialization
+    mat = graph.instance.get_latest_materialization_event(dg.AssetKey(["checkpoint", "moe_1"])).asset_materialization
     assert mat.metadata["reused_existing_output"].value is True
 
 
@@ -177,7 +193,10 @@ def test_phase_edit_rebuilds_exactly_that_phase_and_downstream(graph):
 
     result = dg.evaluate_automation_conditions(defs=defs, instance=graph.instance, cursor=before.cursor)
     requested = {k.to_user_string() for k in graph_.get_all_asset_keys() if result.get_num_requested(k) > 0}
-    expected = {"data_mix/instruct", "packed_dataset/instruct", "base_model", "eval_perplexity", "mix_report"}
+    expected = {"data_mix/instruct", "packed_dataset/instruct", "mix_report", "checkpoint/dense_2",
+                "upcycled/moe_1", "checkpoint/moe_1", *(f"{a}/{r}" for a in ("hf_model", "eval_perplexity")
+                                                        for r in ("dense_2", "moe_1")),
+                "eval_perplexity/dense_1"}  # every eval reads the held-out sets of both phases
     assert requested == expected
 
     run = defs.resolve_job_def("model_job").execute_in_process(

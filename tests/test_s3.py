@@ -104,17 +104,20 @@ def test_whole_demo_dag_on_s3(s3_server, tmp_path, monkeypatch):
     defs = build_definitions()
     with instance_for_test() as instance:
         out = run_pipeline(instance, defs, day="2026-11-20", ops_config=TINY_OPS, log=lambda *_: None)
-        for asset in ("deduplicated", "reference_lm", "tokenizer", "base_model", "eval_perplexity", "mix_report"):
+        for asset in ("deduplicated", "reference_lm", "tokenizer", "mix_report"):
             assert out[asset]["uri"].startswith(f"s3://{s3_server.bucket}/demo-s3/{asset}/"), asset
+        for run in ("dense_1", "moe_1"):
+            for a in ("checkpoint", "hf_model", "eval_perplexity"):
+                assert out[a][run]["uri"].startswith(f"s3://{s3_server.bucket}/demo-s3/{a}/{run}/"), (a, run)
         for phase in ("web", "instruct"):
             assert out["packed_dataset"][phase]["uri"].startswith(f"s3://{s3_server.bucket}/demo-s3/packed_dataset/")
         assert set(out["cleaned"]) == {p.name for p in (tmp_path / "corpus").iterdir()}
         runs = instance.get_runs()
         assert len(runs) == len(out["cleaned"]) + 3 and all(r.is_success for r in runs)
-        for key in ("cleaned", "base_model", "packed_dataset/web"):
+        for key in ("cleaned", "checkpoint/dense_1", "packed_dataset/web"):
             md = instance.get_latest_materialization_event(dg.AssetKey.from_user_string(key))
             assert s3_server.secret not in str(md) and s3_server.key not in str(md)
     assert not (tmp_path / "home" / "storage").exists(), "no local storage root was used"
     st = Storage(f"s3://{s3_server.bucket}/demo-s3", endpoint_url=s3_server.endpoint, key=s3_server.key,
                  secret=s3_server.secret)
-    assert st.exists(f"{out['base_model']['dir']}/{MANIFEST_NAME}")
+    assert st.exists(f"{out['checkpoint']['moe_1']['dir']}/{MANIFEST_NAME}")

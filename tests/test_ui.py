@@ -48,8 +48,11 @@ def test_webserver_serves_the_asset_graph_on_loopback(tmp_path):
         graph = {"/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]} for n in nodes}
         assert graph["packed_dataset/web"] == {"data_mix/web", "tokenizer"}
         assert graph["data_mix/instruct"] == {"data_mix/web", "deduplicated", "synthetic", "tokenizer"}
-        assert graph["eval_perplexity"] == {"base_model", "packed_dataset/web", "packed_dataset/instruct"}
-        assert len(graph) == 18 and graph["frozen/packed_dataset_web"] == set(), "frozen sources from dvc.yaml"
+        assert graph["eval_perplexity/moe_1"] == {"hf_model/moe_1", "packed_dataset/web", "packed_dataset/instruct"}
+        assert graph["checkpoint/moe_1"] == {"upcycled/moe_1", "packed_dataset/web", "tokenizer"}
+        assert graph["upcycled/moe_1"] == {"checkpoint/dense_2"}
+        assert graph["checkpoint/dense_2"] == {"checkpoint/dense_1", "packed_dataset/instruct", "tokenizer"}
+        assert len(graph) == 26 and graph["frozen/packed_dataset_web"] == set(), "frozen sources from dvc.yaml"
         assert graph["data_mix/web"] == {"deduplicated", "synthetic", "tokenizer", "quality_classifier",
                                          "reference_lm"}
         # with telemetry on, Dagster creates $DAGSTER_HOME/.telemetry/id.yaml at start-up (checked by hand)

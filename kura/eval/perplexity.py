@@ -32,6 +32,27 @@ def perplexity(model, docs: list[np.ndarray], seq_length: int, max_docs: int = 5
             "documents": min(len(docs), max_docs)}
 
 
+class HFCausalLM:
+    """A Hugging Face causal LM behind the `loss(idx, targets, reduction)` call the scorer uses."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def loss(self, idx, targets, reduction: str = "mean"):
+        import torch.nn.functional as F
+
+        logits = self.model(idx).logits.float()
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
+                               reduction=reduction)
+
+
+def load_hf(model_dir: Path) -> "HFCausalLM":
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return HFCausalLM(AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval())
+
+
 def evaluate_heldout(model, packed_dir: Path, seq_length: int, vocab_size: int, max_docs: int = 500) -> dict:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 

@@ -120,14 +120,19 @@ class MegatronJobConfig(JobCommon):
                                      description="NCCL settings for the fabric.")
 
 
-def megatron_training(name: str, cfg: MegatronJobConfig, train_args: list[str]) -> list[dict]:
-    """[headless Service, Indexed Job]. `train_args`: the pretrain_gpt.py arguments (rendered from a run spec)."""
+def megatron_training(name: str, cfg: MegatronJobConfig, train_args: list[str],
+                      launcher_args: list[str] | None = None, extra_env: dict[str, str] | None = None) -> list[dict]:
+    """[headless Service, Indexed Job]. `train_args`: the pretrain_gpt.py arguments (rendered from a run spec).
+    `launcher_args`: wrap torchrun in kura's launcher (`kura.train.megatron_lm`: resume / init_from / upcycle
+    load flags, log parsing, Dagster Pipes reporting from pod 0); `extra_env`: e.g. the Pipes bootstrap vars."""
     labels = _labels(name, "pretraining")
     svc = name  # pod i is reachable as <name>-<i>.<svc>
     master = f"{name}-0.{svc}.{cfg.namespace}.svc.cluster.local"
     torchrun = ["torchrun", f"--nnodes={cfg.nodes}", f"--nproc-per-node={cfg.gpu.gpus_per_node}",
                 "--node-rank=$(JOB_COMPLETION_INDEX)", f"--master-addr={master}", f"--master-port={cfg.rdzv_port}",
                 "/opt/Megatron-LM/pretrain_gpt.py", *train_args]
+    command = (["python", "-m", "kura.train.megatron_lm", *launcher_args, "--", *torchrun]
+               if launcher_args is not None else torchrun)
     data_dir = "/data"
     pull = (f"git clone --depth 1 --branch {shlex.quote(cfg.git_rev)} {shlex.quote(cfg.git_repo)} /work/repo && "
             f"cd /work/repo && dvc pull {shlex.quote(cfg.dataset_dvc_path)} && "
@@ -156,9 +161,9 @@ def megatron_training(name: str, cfg: MegatronJobConfig, train_args: list[str]) 
                         "volumeMounts": [{"name": "data", "mountPath": data_dir}],
                     }],
                     "containers": [{
-                        "name": "megatron", "image": cfg.image, "command": torchrun,
+                        "name": "megatron", "image": cfg.image, "command": command,
                         "ports": [{"containerPort": cfg.rdzv_port, "name": "rdzv"}],
-                        "env": _env(cfg, cfg.nccl_env),
+                        "env": _env(cfg, {**cfg.nccl_env, **(extra_env or {})}),
                         "envFrom": [{"secretRef": {"name": cfg.s3_secret}}],
                         "resources": {
                             "requests": {"cpu": cfg.cpu, "memory": cfg.memory,

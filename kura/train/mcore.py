@@ -129,6 +129,9 @@ def build_train_dataset(packed_dir: Path, num_samples: int, seed: int, seq_lengt
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.blended_megatron_dataset_config import BlendedMegatronDatasetConfig
 
+    import logging
+
+    logging.getLogger("megatron.core.datasets").setLevel(logging.WARNING)  # "cannot save indexes" on every build
     blend = json.loads((Path(packed_dir) / "blend.json").read_text())["train"]
     if not blend:
         raise ValueError(f"packed dataset {packed_dir} has no training sequences")

@@ -1,0 +1,220 @@
+"""Pretraining runs as a chain of assets, one factory over `pipelines/runs/*.yaml`.
+
+Per run spec: `checkpoint/<run>` (trained by the trainer resource from `packed_dataset/<phase>`, the tokenizer and
+its parent), `hf_model/<run>` (Hugging Face export: what vLLM serves and post-training loads) and
+`eval_perplexity/<run>`. A run with `upcycle` gets `upcycled/<run>` between its dense parent and itself. Lineage
+in the UI is the whole history: checkpoint/dense_1 → checkpoint/dense_2 → upcycled/moe_1 → checkpoint/moe_1.
+
+Editing a run's YAML changes that run's code version (the spec is part of it), so that run and everything after it
+in the chain turn stale. Resumable: a run's in-progress checkpoints live in a work folder keyed by the run's input
+version; a retried or relaunched step continues from the latest one, and the checkpoint asset is published
+(commit marker) only once the final weights are written.
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+
+import kura.eval.perplexity as ppl
+import kura.train.cpu_shims as cpu_shims
+import kura.train.export_hf as export_hf
+import kura.train.mcore as mcore
+import kura.train.pretrain as pretrain_mod
+import kura.train.spec as spec_mod
+import kura.train.upcycle as upcycle_mod
+from assets._common import curves_md, input_version_of, output, run_versioned, source_version, write_json
+from assets.automation import EAGER
+from assets.mix import packed_key
+from kura.train.spec import RunSpec
+from resources import StorageResource
+from resources.trainer import TrainerResource
+
+TRAIN_CODE = (pretrain_mod, mcore, cpu_shims, spec_mod)
+
+
+def ckpt_key(run: str) -> dg.AssetKey:
+    return dg.AssetKey(["checkpoint", run])
+
+
+def upcycled_key(run: str) -> dg.AssetKey:
+    return dg.AssetKey(["upcycled", run])
+
+
+def hf_key(run: str) -> dg.AssetKey:
+    return dg.AssetKey(["hf_model", run])
+
+
+class CheckpointConfig(dg.Config):
+    train_iters: Optional[int] = None
+    """Override the spec's budget (tests, quick looks); None = the spec's train_iters / train_tokens."""
+    keep_work_dir: bool = False
+    """Keep the intermediate resumable checkpoints after the run finished (default: delete them)."""
+
+
+class UpcycleConfig(dg.Config):
+    verify: bool = True
+    """Check that the upcycled model's logits equal the dense parent's on a small batch (tiny models only)."""
+
+
+class PerplexityConfig(dg.Config):
+    max_docs: int = 500
+    """Held-out documents scored per language and phase."""
+
+
+def _copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
+    shutil.copy(tokenizer_dir / "tokenizer.model", out / "tokenizer.model")
+    if (tokenizer_dir / "hf").exists():
+        shutil.copytree(tokenizer_dir / "hf", out / "tokenizer_hf")
+
+
+def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
+    ins = {"packed": dg.AssetIn(key=packed_key(spec.phase)), "tokenizer": dg.AssetIn("tokenizer")}
+    if spec.upcycle:
+        ins["parent"] = dg.AssetIn(key=upcycled_key(spec.name))
+    elif spec.init_from:
+        ins["parent"] = dg.AssetIn(key=ckpt_key(spec.init_from))
+    kind = "MoE" if spec.is_moe else "dense"
+
+    @dg.asset(key=ckpt_key(spec.name), group_name="pretraining", ins=ins, automation_condition=EAGER,
+              description=f"{kind} run on phase {spec.phase}"
+                          f"{', from ' + spec.init_from if spec.init_from else ''}. {spec.description}".strip(),
+              code_version=source_version(*TRAIN_CODE, extra=json.dumps(spec.model_dump(), sort_keys=True)),
+              kinds={"pytorch"}, tags={"kura/run": spec.name})
+    def checkpoint(context: dg.AssetExecutionContext, config: CheckpointConfig, storage: StorageResource,
+                   trainer: TrainerResource, **inputs) -> dg.Output:
+        st = storage.get()
+        packed, tok, parent = inputs["packed"], inputs["tokenizer"], inputs.get("parent")
+        work = (Path(st.path("")) if st.is_local else st.cache_dir / "work") / "_work" / "checkpoint" / \
+            spec.name / input_version_of(context, config.model_dump(exclude={"keep_work_dir"}), inputs)
+
+        def build(stage: Path) -> dict:
+            lineage = {"run": spec.name, "phase": spec.phase, "packed_dataset": packed["version"],
+                       "data_mix": packed["mix"], "tokenizer": tok["version"],
+                       "parent": parent["version"] if parent else None, "parent_run": spec.init_from,
+                       "upcycled": bool(spec.upcycle),
+                       "chain": [*(parent.get("lineage", {}).get("chain", []) if parent else []), spec.name]}
+            init = st.local_dir(parent["dir"]) / "model.safetensors" if parent else None
+            stats = trainer.train(context, spec, packed_dir=st.local_dir(packed["dir"]), work_dir=work,
+                                  out_dir=stage, vocab_size=packed["vocab_size"], seq_length=packed["sequence_length"],
+                                  init_weights=init, lineage=lineage, train_iters=config.train_iters,
+                                  blend=packed.get("blend", {}).get("train"), parent=spec.init_from,
+                                  dataset_dvc_path=f"data/frozen/packed_dataset_{spec.phase}")
+            if trainer.backend == "local":
+                _copy_tokenizer(st.local_dir(tok["dir"]), stage)
+            else:
+                write_json(stage / "cluster_checkpoint.json", stats)
+            return {"stats": stats, "lineage": lineage, "spec": spec.model_dump(), "vocab_size": packed["vocab_size"],
+                    "sequence_length": packed["sequence_length"]}
+
+        m, reused = run_versioned(context, st, config=config.model_dump(exclude={"keep_work_dir"}), upstream=inputs,
+                                  build=build)
+        if not config.keep_work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+        s = m["stats"]
+        curve = s.get("loss_curve") or []
+        md = {k: s.get(k) for k in ("parameters", "train_tokens", "tokens_per_second", "mfu", "gpu_hours", "device",
+                                    "iterations", "resumed_from", "first_loss", "final_loss", "seconds")
+              if s.get(k) is not None}
+        if curve:
+            md["loss_and_lr"] = curves_md(curve, f"checkpoint/{spec.name}")
+        return output(m, reused, **md, architecture=kind, chain=" → ".join(m["lineage"]["chain"]),
+                      lineage=m["lineage"])
+
+    return checkpoint
+
+
+def build_upcycled(spec: RunSpec) -> dg.AssetsDefinition:
+    @dg.asset(key=upcycled_key(spec.name), group_name="pretraining", automation_condition=EAGER,
+              ins={"dense": dg.AssetIn(key=ckpt_key(spec.init_from))},
+              description=f"{spec.init_from} upcycled to {spec.model.num_experts} experts (top-{spec.model.moe_router_topk})",
+              code_version=source_version(upcycle_mod, mcore, extra=json.dumps(spec.model_dump(), sort_keys=True)),
+              kinds={"pytorch"})
+    def upcycled(context: dg.AssetExecutionContext, config: UpcycleConfig, storage: StorageResource,
+                 dense: dict) -> dg.Output:
+        st = storage.get()
+
+        def build(stage: Path) -> dict:
+            dense_dir = st.local_dir(dense["dir"])
+            lineage = {**dense["lineage"], "run": spec.name, "upcycled_from": dense["version"]}
+            info = upcycle_mod.upcycle_checkpoint(dense_dir, spec, stage, lineage)
+            if config.verify:
+                import torch
+
+                d, cfg = pretrain_mod.load_model(dense_dir)
+                u, _ = pretrain_mod.load_model(stage)
+                x = torch.randint(0, cfg["vocab_size"], (2, min(32, cfg["seq_length"])), generator=torch.Generator().manual_seed(0))
+                with torch.no_grad():
+                    info["max_logit_diff_vs_dense"] = float((mcore.forward_logits(d, x) -
+                                                             mcore.forward_logits(u, x)).abs().max())
+            return {"info": info, "lineage": lineage}
+
+        m, reused = run_versioned(context, st, config=config, upstream={"dense": dense}, build=build)
+        return output(m, reused, **m["info"], lineage=m["lineage"])
+
+    return upcycled
+
+
+def build_hf_model(spec: RunSpec) -> dg.AssetsDefinition:
+    @dg.asset(key=hf_key(spec.name), group_name="pretraining", automation_condition=EAGER,
+              ins={"checkpoint": dg.AssetIn(key=ckpt_key(spec.name))},
+              description=f"checkpoint/{spec.name} as a Hugging Face {'Mixtral' if spec.is_moe else 'Llama'} folder",
+              code_version=source_version(export_hf), kinds={"huggingface"})
+    def hf_model(context: dg.AssetExecutionContext, storage: StorageResource, checkpoint: dict) -> dg.Output:
+        st = storage.get()
+
+        def build(stage: Path) -> dict:
+            ck = st.local_dir(checkpoint["dir"])
+            if (ck / "cluster_checkpoint.json").exists():
+                raise ValueError(f"checkpoint/{spec.name} was trained on the cluster (Megatron-LM torch_dist on the "
+                                 "checkpoint volume); convert it there with Megatron-LM's checkpoint converter")
+            info = export_hf.export_hf(ck, stage)
+            return {"info": info, "checkpoint": checkpoint["version"], "lineage": checkpoint["lineage"]}
+
+        m, reused = run_versioned(context, st, config={}, upstream={"checkpoint": checkpoint}, build=build)
+        return output(m, reused, **m["info"], checkpoint=m["checkpoint"])
+
+    return hf_model
+
+
+def build_eval_perplexity(spec: RunSpec, phases: list[str]) -> dg.AssetsDefinition:
+    ins = {f"packed_{p}": dg.AssetIn(key=packed_key(p)) for p in phases}
+    ins["model"] = dg.AssetIn(key=hf_key(spec.name))
+
+    @dg.asset(key=dg.AssetKey(["eval_perplexity", spec.name]), group_name="evaluation", ins=ins,
+              automation_condition=EAGER, code_version=source_version(ppl), kinds={"pytorch"},
+              description=f"Held-out perplexity of {spec.name} per phase and language")
+    def eval_perplexity(context: dg.AssetExecutionContext, config: PerplexityConfig, storage: StorageResource,
+                        **inputs) -> dg.Output:
+        st = storage.get()
+        model_m = inputs["model"]
+
+        def build(stage: Path) -> dict:
+            model_dir = st.local_dir(model_m["dir"])
+            cfg = json.loads((model_dir / "config.json").read_text())
+            model = ppl.load_hf(model_dir)
+            res = {p: ppl.evaluate_heldout(model, st.local_dir(inputs[f"packed_{p}"]["dir"]),
+                                           cfg["max_position_embeddings"], cfg["vocab_size"], config.max_docs)
+                   for p in phases}
+            result = {"perplexity": res, "model": model_m["version"], "run": spec.name,
+                      "packed_dataset": {p: inputs[f"packed_{p}"]["version"] for p in phases}}
+            write_json(stage / "perplexity.json", result)
+            return result
+
+        m, reused = run_versioned(context, st, config=config, upstream=inputs, build=build)
+        md = {f"perplexity_{p}_{lang}": v["perplexity"] for p, langs in m["perplexity"].items()
+              for lang, v in langs.items()}
+        return output(m, reused, **md, details=m["perplexity"], model=m["model"])
+
+    return eval_perplexity
+
+
+def build_pretraining_assets(specs: list[RunSpec], phases: list[str]) -> list[dg.AssetsDefinition]:
+    out: list[dg.AssetsDefinition] = []
+    for s in specs:
+        if s.upcycle:
+            out.append(build_upcycled(s))
+        out += [build_checkpoint(s), build_hf_model(s), build_eval_perplexity(s, phases)]
+    return out

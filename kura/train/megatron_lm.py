@@ -1,0 +1,175 @@
+"""Run spec → Megatron-LM `pretrain_gpt.py` arguments, and the pod-side launcher that resumes, chains and reports.
+
+The same RunSpec drives the local megatron-core trainer and the cluster run, so the architecture cannot drift
+between them: every model field has one flag here, and tests check each flag against megatron-core's
+TransformerConfig (Megatron-LM builds its config from the parsed args by field name) and, where Megatron-LM's
+own parser can be imported (the GPU image), against that parser.
+
+Chaining on the cluster (`python -m kura.train.megatron_lm --save DIR [--parent DIR] [--upcycle] -- CMD…`):
+- a tracker file in the run's own save folder → resume it (`--load SAVE`; iteration, optimizer and RNG restored);
+- else a parent → start from its weights with a fresh optimizer and iteration 0 (`--load PARENT --finetune
+  --no-load-optim --no-load-rng`), and `--moe-use-upcycling` when the run upcycles its dense parent;
+- else from scratch.
+Pod 0 parses Megatron's iteration lines and, when launched by Dagster Pipes, streams loss/LR/throughput to the
+run's log and reports the final figures as the materialization's metadata.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable, Optional
+
+from kura.train.spec import RunSpec
+
+
+def model_args(spec: RunSpec, seq_length: int) -> list[str]:
+    m = spec.model
+    a = ["--use-mcore-models", "--num-layers", m.num_layers, "--hidden-size", m.hidden_size,
+         "--num-attention-heads", m.num_attention_heads, "--ffn-hidden-size", m.ffn_hidden_size,
+         "--kv-channels", m.kv_channels, "--seq-length", seq_length, "--max-position-embeddings", seq_length,
+         "--position-embedding-type", "rope", "--rotary-base", int(m.rotary_base), "--swiglu",
+         "--normalization", "RMSNorm", "--norm-epsilon", m.norm_epsilon, "--disable-bias-linear",
+         "--untie-embeddings-and-output-weights", "--init-method-std", m.init_method_std,
+         "--hidden-dropout", 0.0, "--attention-dropout", 0.0]
+    if m.num_query_groups and m.num_query_groups != m.num_attention_heads:
+        a += ["--group-query-attention", "--num-query-groups", m.num_query_groups]
+    if m.num_experts:
+        a += ["--num-experts", m.num_experts, "--moe-router-topk", m.moe_router_topk, "--moe-ffn-hidden-size",
+              m.ffn_hidden_size, "--moe-aux-loss-coeff", m.moe_aux_loss_coeff,
+              "--moe-router-load-balancing-type", "aux_loss", "--moe-token-dispatcher-type", "alltoall",
+              "--moe-grouped-gemm"]
+    return [str(x) for x in a]
+
+
+def parallel_args(spec: RunSpec) -> list[str]:
+    p = spec.parallel
+    a = ["--tensor-model-parallel-size", p.tensor, "--pipeline-model-parallel-size", p.pipeline,
+         "--context-parallel-size", p.context, "--use-distributed-optimizer"]
+    if spec.is_moe:
+        a += ["--expert-model-parallel-size", p.expert]
+    if p.sequence_parallel:
+        a += ["--sequence-parallel"]
+    return [str(x) for x in a]
+
+
+def optim_args(spec: RunSpec, iters: int) -> list[str]:
+    o = spec.optim
+    return [str(x) for x in [
+        "--optimizer", "adam", "--lr", o.lr, "--min-lr", o.min_lr, "--lr-warmup-iters", o.warmup_iters,
+        "--lr-decay-style", o.decay_style, "--lr-decay-iters", iters, "--weight-decay", o.weight_decay,
+        "--clip-grad", o.clip_grad, "--adam-beta1", o.adam_beta1, "--adam-beta2", o.adam_beta2,
+        "--micro-batch-size", spec.micro_batch_size, "--global-batch-size", spec.global_batch_size,
+        "--train-iters", iters, "--seed", spec.seed]]
+
+
+def pretrain_gpt_args(spec: RunSpec, *, seq_length: int, blend: list, data_dir: str, tokenizer_model: str,
+                      save_dir: str, vocab_size: Optional[int] = None) -> list[str]:
+    """Arguments of Megatron-LM's pretrain_gpt.py for this run. `blend`: the packed phase's train blend
+    ([weight, prefix, …] from blend.json, prefixes relative to the phase folder, which is pulled to `data_dir`).
+    Megatron-LM's GPTDataset reads each packed sequence as a document (padding as pad tokens, no loss mask)."""
+    iters = spec.iters(seq_length)
+    data = [f"{data_dir}/{x}" if i % 2 else str(x) for i, x in enumerate(blend)]
+    a = [*model_args(spec, seq_length), *parallel_args(spec), *optim_args(spec, iters),
+         "--data-path", *data, "--split", "100,0,0",
+         "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer_model,
+         "--save", save_dir, "--save-interval", str(spec.save_interval), "--ckpt-format", "torch_dist",
+         "--log-interval", str(spec.log_interval), "--log-throughput", "--eval-iters", "0",
+         "--eval-interval", str(max(iters, 1)), "--distributed-backend", "nccl"]
+    if vocab_size:
+        a += ["--make-vocab-size-divisible-by", "128"]
+    a += ["--bf16"] if spec.resources.bf16 else []
+    return a
+
+
+def load_args(save_dir: Path, parent_dir: Optional[Path], upcycle: bool) -> list[str]:
+    if (Path(save_dir) / "latest_checkpointed_iteration.txt").exists():
+        return ["--load", str(save_dir)]
+    if parent_dir is not None:
+        return ["--load", str(parent_dir), "--finetune", "--no-load-optim", "--no-load-rng",
+                *(["--moe-use-upcycling"] if upcycle else [])]
+    return []
+
+
+ITER_LINE = re.compile(r"iteration\s+(\d+)/\s*(\d+)")
+FIELDS = {"lm loss": "loss", "learning rate": "lr", "grad norm": "grad_norm",
+          "throughput per GPU (TFLOP/s/GPU)": "tflops_per_gpu", "elapsed time per iteration (ms)": "ms_per_iter",
+          "global batch size": "global_batch_size"}
+
+
+def parse_iteration_line(line: str) -> Optional[dict]:
+    """One Megatron-LM training log line → {step, iters, loss, lr, grad_norm, tflops_per_gpu, ...} or None."""
+    m = ITER_LINE.search(line)
+    if not m:
+        return None
+    rec: dict = {"step": int(m.group(1)), "iters": int(m.group(2))}
+    for part in line.split("|"):
+        if ":" not in part:
+            continue
+        key, _, val = part.rpartition(":")
+        name = FIELDS.get(key.strip())
+        if name:
+            try:
+                rec[name] = float(val.strip())
+            except ValueError:
+                pass
+    return rec
+
+
+def follow(lines: Iterable[str], report=None) -> dict:
+    """Echo Megatron's output, collect the iteration records, hand each to `report`."""
+    curve = []
+    for line in lines:
+        sys.stdout.write(line)
+        rec = parse_iteration_line(line)
+        if rec:
+            curve.append(rec)
+            if report:
+                report(rec)
+    return {"records": len(curve), "last": curve[-1] if curve else None, "curve": curve}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+    import os
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = argv[argv.index("--") + 1:] if "--" in argv else []
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--save", required=True)
+    ap.add_argument("--parent")
+    ap.add_argument("--upcycle", action="store_true")
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if not cmd:
+        ap.error("give the training command after --")
+    full = [*cmd, *load_args(Path(args.save), Path(args.parent) if args.parent else None, args.upcycle)]
+    rank0 = os.environ.get("JOB_COMPLETION_INDEX", "0") == "0"
+    pipes = None
+    if rank0 and os.environ.get("DAGSTER_PIPES_CONTEXT"):
+        from dagster_pipes import open_dagster_pipes
+
+        pipes = open_dagster_pipes()
+    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+
+    def report(rec):
+        if pipes is not None:
+            pipes.log.info(f"iteration {rec['step']}/{rec['iters']} loss {rec.get('loss')} lr {rec.get('lr')}")
+            pipes.report_custom_message({"kind": "iteration", **rec})
+
+    out = follow(proc.stdout, report if rank0 else None)
+    code = proc.wait()
+    if pipes is not None:
+        last = out["last"] or {}
+        if code == 0:
+            pipes.report_asset_materialization(metadata={
+                "final_loss": last.get("loss"), "iterations": last.get("step"),
+                "tflops_per_gpu": last.get("tflops_per_gpu"), "checkpoint": args.save,
+                "loss_curve": {"raw_value": [{k: r.get(k) for k in ("step", "loss", "lr")} for r in out["curve"]],
+                               "type": "json"}})
+        pipes.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Trainer resource: where a pretraining run executes. Two implementations behind one call, `train(...)`.
+
+- `local`: kura's megatron-core trainer in the step's process (CPU fp32, or one GPU), resumable from its work
+  folder on the storage root's local side; progress lines go to the Dagster run log.
+- `kubernetes`: Megatron-LM's pretrain_gpt.py on a multi-node Indexed Job (headless Service for torchrun
+  rendezvous, `dvc pull` of the frozen packed dataset in an init container, checkpoints on a shared volume),
+  rendered from the same RunSpec. It is launched inside a Dagster Pipes session: the bootstrap variables go into the
+  pods' environment, pod 0's launcher (kura.train.megatron_lm) reports iterations and the final figures, and the
+  messages come back through S3 (PipesS3MessageReader) into the run's log and the materialization metadata.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import dagster as dg
+from pydantic import Field
+
+from kura.k8s.manifests import GpuPool, MegatronJobConfig, megatron_training
+from kura.train.megatron_lm import pretrain_gpt_args
+from kura.train.spec import RunSpec
+
+
+class TrainerResource(dg.ConfigurableResource):
+    """Runs pretraining: `local` (megatron-core in-process) or `kubernetes` (Megatron-LM Indexed Job via Pipes)."""
+
+    backend: str = Field("local", description="local | kubernetes")
+    namespace: str = Field("kura", description="Kubernetes namespace of training Jobs.")
+    image: str = Field("ghcr.io/your-org/kura-gpu-megatron:0.1.0", description="Megatron-LM image (k8s/docker).")
+    gpu_pool: str = Field("gpu", description="kura.dev/pool label of the GPU node pool.")
+    checkpoint_pvc: str = Field("kura-checkpoints", description="ReadWriteMany claim holding checkpoints.")
+    git_repo: str = Field("https://github.com/your-org/kura.git", description="Repository with the DVC files.")
+    git_rev: str = Field("main", description="Tag or commit whose frozen dataset the pods pull.")
+    pipes_bucket: str = Field("", description="S3 bucket for Pipes messages (cluster backend).")
+    s3_endpoint: str = Field("", description="S3 endpoint for Pipes messages; empty = AWS.")
+    timeout_s: int = Field(14 * 24 * 3600, description="Longest a cluster run may take.")
+
+    def job_objects(self, spec: RunSpec, *, seq_length: int, blend: list, dataset_dvc_path: str,
+                    parent: Optional[str], extra_env: Optional[dict] = None) -> list[dict]:
+        """[Service, Indexed Job] of a run (validated in tests against the Kubernetes schemas)."""
+        name = f"kura-pretrain-{spec.name.replace('_', '-')}"
+        cfg = MegatronJobConfig(namespace=self.namespace, image=self.image, nodes=spec.resources.nodes,
+                                gpu=GpuPool(pool=self.gpu_pool, gpus_per_node=spec.resources.gpus_per_node),
+                                checkpoint_pvc=self.checkpoint_pvc, git_repo=self.git_repo, git_rev=self.git_rev,
+                                dataset_dvc_path=dataset_dvc_path)
+        save = f"/checkpoints/{spec.name}"
+        args = pretrain_gpt_args(spec, seq_length=seq_length, blend=blend, data_dir="/data",
+                                 tokenizer_model="/data/tokenizer.model", save_dir=save)
+        launcher = ["--save", save, *(["--parent", f"/checkpoints/{parent}"] if parent else []),
+                    *(["--upcycle"] if spec.upcycle else [])]
+        return megatron_training(name, cfg, args, launcher_args=launcher, extra_env=extra_env)
+
+    def train(self, context: dg.AssetExecutionContext, spec: RunSpec, *, packed_dir: Path, work_dir: Path,
+              out_dir: Path, vocab_size: int, seq_length: int, init_weights: Optional[Path], lineage: dict,
+              train_iters: Optional[int] = None, blend: Optional[list] = None, parent: Optional[str] = None,
+              dataset_dvc_path: str = "") -> dict[str, Any]:
+        if self.backend == "local":
+            from kura.train.pretrain import pretrain
+
+            def progress(r):
+                context.log.info(f"{spec.name} step {r['step'] + 1}/{r['iters']} loss {r['loss']} lr {r['lr']:.2e} "
+                                 f"{r['tokens_per_second']:.0f} tok/s")
+
+            return pretrain(spec, packed_dir, work_dir, out_dir, vocab_size=vocab_size, seq_length=seq_length,
+                            init_weights=init_weights, lineage=lineage, train_iters=train_iters, progress=progress)
+        if self.backend == "kubernetes":
+            return self._train_k8s(context, spec, seq_length=seq_length, blend=blend or [],
+                                   dataset_dvc_path=dataset_dvc_path, parent=parent)
+        raise ValueError(f"unknown trainer backend {self.backend!r} (local | kubernetes)")
+
+    def _train_k8s(self, context, spec: RunSpec, *, seq_length: int, blend: list, dataset_dvc_path: str,
+                   parent: Optional[str]) -> dict:
+        import boto3
+        import kubernetes
+        from dagster import open_pipes_session
+        from dagster._core.pipes.utils import PipesEnvContextInjector
+        from dagster_aws.pipes import PipesS3MessageReader
+        from dagster_k8s.client import DagsterKubernetesClient
+
+        if not self.pipes_bucket:
+            raise ValueError("the kubernetes trainer needs pipes_bucket (S3 bucket for Dagster Pipes messages)")
+        s3 = boto3.client("s3", endpoint_url=self.s3_endpoint or None)
+        with open_pipes_session(context=context, context_injector=PipesEnvContextInjector(),
+                                message_reader=PipesS3MessageReader(bucket=self.pipes_bucket, client=s3)) as session:
+            service, job = self.job_objects(spec, seq_length=seq_length, blend=blend,
+                                            dataset_dvc_path=dataset_dvc_path, parent=parent,
+                                            extra_env=session.get_bootstrap_env_vars())
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()
+            client = DagsterKubernetesClient.production_client()
+            for create, obj in ((client.core_api.create_namespaced_service, service),
+                                (client.batch_api.create_namespaced_job, job)):
+                try:
+                    create(self.namespace, obj)
+                except kubernetes.client.ApiException as e:
+                    if e.status != 409:  # exists: a retried step waits for the running Job
+                        raise
+            client.wait_for_job_success(job["metadata"]["name"], self.namespace, wait_timeout=self.timeout_s)
+        md = {}
+        for ev in session.get_results():
+            md.update({k: v.value for k, v in (ev.metadata or {}).items()})
+        return {"run": spec.name, "backend": "kubernetes", "checkpoint": f"/checkpoints/{spec.name}",
+                "final_loss": md.get("final_loss"), "iterations": md.get("iterations"),
+                "tflops_per_gpu": md.get("tflops_per_gpu"), "loss_curve": md.get("loss_curve") or [],
+                "gpu_hours": None}
