@@ -129,7 +129,8 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
 def build_upcycled(spec: RunSpec) -> dg.AssetsDefinition:
     @dg.asset(key=upcycled_key(spec.name), group_name="pretraining", automation_condition=EAGER,
               ins={"dense": dg.AssetIn(key=ckpt_key(spec.init_from))},
-              description=f"{spec.init_from} upcycled to {spec.model.num_experts} experts (top-{spec.model.moe_router_topk})",
+              description=f"{spec.init_from} upcycled to {spec.model.num_experts} experts "
+                          f"(top-{spec.model.moe_router_topk})",
               code_version=source_version(upcycle_mod, mcore, extra=json.dumps(spec.model_dump(), sort_keys=True)),
               kinds={"pytorch"})
     def upcycled(context: dg.AssetExecutionContext, config: UpcycleConfig, storage: StorageResource,
@@ -145,7 +146,8 @@ def build_upcycled(spec: RunSpec) -> dg.AssetsDefinition:
 
                 d, cfg = pretrain_mod.load_model(dense_dir)
                 u, _ = pretrain_mod.load_model(stage)
-                x = torch.randint(0, cfg["vocab_size"], (2, min(32, cfg["seq_length"])), generator=torch.Generator().manual_seed(0))
+                x = torch.randint(0, cfg["vocab_size"], (2, min(32, cfg["seq_length"])),
+                                  generator=torch.Generator().manual_seed(0))
                 with torch.no_grad():
                     info["max_logit_diff_vs_dense"] = float((mcore.forward_logits(d, x) -
                                                              mcore.forward_logits(u, x)).abs().max())

@@ -26,7 +26,6 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     import pyarrow.parquet as pq
 
     from assets.synthetic import SyntheticConfig, TeacherModelConfig
-    from assets.train import ModelArgs
     from kura.corpus.readers import Document, read_corpus_file
     from kura.dedup.incremental import DedupState, dedup_shard
     from kura.dedup.minhash import MinHashConfig, MinHasher
@@ -44,8 +43,11 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     from kura.text.filters import CleanConfig, clean_documents
     from kura.text.quality_model import QualityClassifier, QualityModelConfig
     from kura.tokenize.spm import SpmTokenizer, TokenizerConfig, train_sentencepiece
-    from kura.train.local import TrainConfig, load_checkpoint, train_local
-    from kura.train.model import GPTConfig
+    from kura.eval.perplexity import load_hf
+    from kura.train.export_hf import export_hf
+    from kura.train.pretrain import pretrain
+    from kura.train.spec import load_run_specs
+    from kura.train.upcycle import upcycle_checkpoint
 
     out = home / "direct"
     out.mkdir(parents=True)
@@ -96,12 +98,27 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
         (pk / "packed.json").write_text(json.dumps({**info, "phase": phase.name}))
         packed_dirs.append(pk)
         prev_rows, prev_docs = sel, {(d["source"], d["doc_id"]): d for d in docs}
-    mcfg = GPTConfig(**ModelArgs().model_dump(), vocab_size=tok.vocab_size,
-                     seq_length=max(p.sequence_length for p in mix.phases))
-    train_local(packed_dirs, out / "tok", out / "ckpt", mcfg, TrainConfig(), {})
-    model, cfg = load_checkpoint(out / "ckpt")
-    return {p.name: evaluate_heldout(model, d, mcfg.seq_length, mcfg.vocab_size, 500)
-            for p, d in zip(mix.phases, packed_dirs)}
+    import shutil
+
+    by_phase = dict(zip([p.name for p in mix.phases], packed_dirs))
+    result = {}
+    for spec in load_run_specs(Path(__file__).resolve().parents[1] / "pipelines" / "runs", list(by_phase)):
+        info = json.loads((by_phase[spec.phase] / "packed.json").read_text())
+        init = None
+        if spec.upcycle:
+            upcycle_checkpoint(out / f"ckpt_{spec.init_from}", spec, out / f"up_{spec.name}")
+            init = out / f"up_{spec.name}" / "model.safetensors"
+        elif spec.init_from:
+            init = out / f"ckpt_{spec.init_from}" / "model.safetensors"
+        ck = out / f"ckpt_{spec.name}"
+        pretrain(spec, by_phase[spec.phase], out / f"work_{spec.name}", ck, vocab_size=info["vocab_size"],
+                 seq_length=info["sequence_length"], init_weights=init)
+        shutil.copy(out / "tok" / "tokenizer.model", ck / "tokenizer.model")
+        export_hf(ck, out / f"hf_{spec.name}")
+        model = load_hf(out / f"hf_{spec.name}")
+        result[spec.name] = {name: evaluate_heldout(model, d, info["sequence_length"], info["vocab_size"], 500)
+                             for name, d in by_phase.items()}
+    return result
 
 
 def run_dagster(home: Path, day: str) -> dict:
@@ -113,7 +130,7 @@ def run_dagster(home: Path, day: str) -> dict:
     prepare_env(home)
     quiet_warnings()
     out = run_pipeline(dg.DagsterInstance.get(), build_definitions(), day=day, log=lambda *_: None)
-    return out["eval_perplexity"]["perplexity"]
+    return {run: ev["perplexity"] for run, ev in out["eval_perplexity"].items()}
 
 
 def main() -> None:
@@ -137,8 +154,9 @@ def main() -> None:
     rows.append(("Dagster (in-process runs)", time.perf_counter() - t, ppl_dagster))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nwhole demo, {args.docs} documents, 2-core CPU; peak RSS of this process {rss:.0f} MiB")
-    print(f"{'side':28s} {'seconds':>8s}  perplexity web/ja / web/en")
+    print(f"{'side':28s} {'seconds':>8s}  perplexity web/ja / web/en of the last run (moe_1)")
     for name, secs, p in rows:
+        p = p["moe_1"]
         print(f"{name:28s} {secs:8.1f}  {p['web']['ja']['perplexity']} / {p['web']['en']['perplexity']}")
     print(f"{'ratio dagster / direct':28s} {rows[1][1] / rows[0][1]:8.3f}  (target <= 1.15)")
 

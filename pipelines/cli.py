@@ -165,8 +165,8 @@ def demo(args) -> int:
     print(f"  storage    : {defs.resources['storage'].root}")
     print(f"\nWhole DAG in {secs:.0f} s. Open the lineage in the Dagster UI:  make ui   → http://127.0.0.1:3000")
     if args.json:
-        Path(args.json).write_text(json.dumps({"seconds": secs, "perplexity": {r: e["perplexity"] for r, e in evs.items()}},
-                                               indent=1))
+        ppl = {r: e["perplexity"] for r, e in evs.items()}
+        Path(args.json).write_text(json.dumps({"seconds": secs, "perplexity": ppl}, indent=1))
     return 0
 
 

@@ -212,18 +212,19 @@ def test_heldout_written_one_document_each(tmp_path):
     assert [len(x) for x in IndexedDataset(str(tmp_path / "heldout_ja"))] == [5, 7]
 
 
-def test_local_gpt_learns_and_perplexity_is_bounded():
+def test_perplexity_is_bounded_by_vocab_and_drops_with_learning():
     import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from kura.eval.perplexity import perplexity
-    from kura.train.model import GPT, GPTConfig
+    from kura.eval.perplexity import HFCausalLM, perplexity
 
     torch.manual_seed(0)
-    m = GPT(GPTConfig(num_layers=1, hidden_size=32, num_attention_heads=2, ffn_hidden_size=64, seq_length=16,
-                      vocab_size=50))
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32))
+    m = HFCausalLM(hf)
     data = torch.arange(17).repeat(8, 1) % 50
     before = perplexity(m, [data[0].numpy()], 16)["perplexity"]
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    opt = torch.optim.AdamW(hf.parameters(), lr=1e-2)
     for _ in range(60):
         loss = m.loss(data[:, :-1], data[:, 1:])
         opt.zero_grad()

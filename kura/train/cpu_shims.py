@@ -1,7 +1,8 @@
 """The few patches megatron-core 0.16 needs to build and train `GPTModel` on a CPU, in one place.
 
 Why: megatron-core assumes CUDA in a handful of helpers even with `use_cpu_initialization=True`. On a GPU none
-of this is applied (`apply()` returns at once when CUDA is available). Measured on this project's CPU machines:
+of the CUDA stand-ins is applied (only the TransformerEngine one, which any image without TE needs).
+Measured on this project's CPU machines:
 - `torch.cuda.current_device()` is called while building parameters and the RNG tracker → return CPU;
 - `torch.cuda.synchronize()` is called by dist_checkpointing and timers → no-op;
 - the CUDA RNG tracker's `add`/`fork` touch CUDA generator state → CPU-safe versions that fork the CPU RNG;
@@ -21,7 +22,14 @@ def apply() -> None:
     global _applied
     import torch
 
-    if _applied or torch.cuda.is_available():
+    if _applied:
+        return
+    from megatron.core.transformer.moe import moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):  # TransformerEngine absent (CPU, or a GPU image without it)
+        moe_utils.te_general_gemm = None
+    _applied = True
+    if torch.cuda.is_available():
         return
     torch.cuda.current_device = lambda: torch.device("cpu")
     torch.cuda.synchronize = lambda *a, **k: None
@@ -48,11 +56,6 @@ def apply() -> None:
             torch.set_rng_state(saved)
 
     cls.add, cls.fork = add, fork
-    from megatron.core.transformer.moe import moe_utils
-
-    if not hasattr(moe_utils, "te_general_gemm"):
-        moe_utils.te_general_gemm = None
-    _applied = True
 
 
 def init_single_process(seed: int = 1234) -> None:

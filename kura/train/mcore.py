@@ -2,7 +2,8 @@
 
 - `build_model`: megatron-core `GPTModel` with the local (no TransformerEngine) layer spec, Llama-style: RMSNorm,
   SwiGLU, RoPE, no biases, untied output layer; MoE layers (router + SequentialMLP experts, allgather dispatcher)
-  when the spec has experts. fp32 on CPU; bf16 on GPU when the run asks for it.
+  when the spec has experts. fp32 on CPU; bf16 on GPU when the run asks for it. Core attention is torch SDPA
+  (kura.train.attention) instead of megatron's unfused DotProductAttention.
 - `PackedSequenceDataset`: a megatron-core `MegatronDataset` over kura's packed sequences (one Megatron
   "document" = one packed sequence of seq_len+1 tokens, plus the loss-mask dataset beside it), so
   `BlendedMegatronDatasetBuilder` blends the phase's sources by their weights exactly as Megatron-LM would, with
@@ -42,7 +43,7 @@ def transformer_config(spec: RunSpec, *, bf16: bool = False):
         params_dtype=torch.bfloat16 if bf16 else torch.float32, pipeline_dtype=torch.float32, **kw)
 
 
-def build_model(spec: RunSpec, vocab_size: int, seq_length: int, *, bf16: bool = False):
+def build_model(spec: RunSpec, vocab_size: int, seq_length: int, *, bf16: bool = False, sdpa: bool = True):
     import torch
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -53,6 +54,10 @@ def build_model(spec: RunSpec, vocab_size: int, seq_length: int, *, bf16: bool =
     torch.manual_seed(spec.seed)
     cfg = transformer_config(spec, bf16=bf16)
     layer_spec = get_gpt_layer_local_spec(num_experts=spec.model.num_experts, normalization="RMSNorm")
+    if sdpa:
+        from kura.train.attention import use_sdpa
+
+        use_sdpa(layer_spec)  # fused causal attention (flash on GPU); sdpa=False keeps megatron's unfused one
     model = GPTModel(config=cfg, transformer_layer_spec=layer_spec, vocab_size=vocab_size,
                      max_sequence_length=seq_length, position_embedding_type="rope",
                      rotary_base=int(spec.model.rotary_base), share_embeddings_and_output_weights=False)

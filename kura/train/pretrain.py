@@ -134,7 +134,7 @@ def pretrain(spec: RunSpec, packed_dir: Path, work_dir: Path, out_dir: Path, *, 
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.optim.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=spec.optim.lr,
-                            betas=(spec.optim.adam_beta1, spec.optim.adam_beta2))
+                            betas=(spec.optim.adam_beta1, spec.optim.adam_beta2), fused=device.type == "cuda")
     start = latest_iteration(work_dir)
     state = {"curve": [], "tokens": 0, "seconds": 0.0, "resumed_from": None}
     if start:
