@@ -89,7 +89,7 @@ def test_cli_renders_values_templates_and_secrets(tmp_path, monkeypatch, capsys)
     from pipelines.cli import main
 
     assert main(["k8s", "--out", str(tmp_path / "rendered"), "--values", str(tmp_path / "values.yaml")]) == 0
-    for f in ("vllm-generation-job.yaml", "megatron-training.yaml"):
+    for f in ("vllm-generation-job.yaml", "pretrain-dense_1.yaml", "pretrain-moe_1.yaml"):
         for obj in yaml.safe_load_all((tmp_path / "rendered" / f).read_text()):
             validate(obj)
     assert yaml.safe_load((tmp_path / "values.yaml").read_text())["telemetry"] == {"enabled": False}

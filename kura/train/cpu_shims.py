@@ -66,14 +66,16 @@ def init_single_process(seed: int = 1234) -> None:
 
     apply()
     if not torch.distributed.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in os.environ:
+        # a private loopback store; MASTER_ADDR/PORT are left alone (child processes would inherit a taken port)
+        port = os.environ.get("KURA_DIST_PORT")
+        if not port:
             import socket
 
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
-                os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo", world_size=1, rank=0)
+                port = str(s.getsockname()[1])
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo", world_size=1, rank=0,
+                                             init_method=f"tcp://127.0.0.1:{port}")
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
     if torch.cuda.is_available():
