@@ -157,10 +157,20 @@ def demo(args) -> int:
         ppls = ", ".join(f"{phase}/{lang} {v['perplexity']}" for phase, langs in ev["perplexity"].items()
                          for lang, v in langs.items())
         print(f"  held-out perplexity [{run}]: {ppls}")
+    for run in cks:
+        t, j = out["eval_tasks"][run]["overall"], out["eval_judge"][run]
+        c = sum(v["contaminated"] for v in out["contamination"][run]["eval_sets"].values())
+        print(f"  evals [{run}]: tasks {t['score']:.2f} (format compliance {t['format_compliance']:.2f}, lenient "
+              f"{t['lenient_score']:.2f}); judge {j['mean_score']} on {j['graded']}/{j['graded'] + j['parse_failures']}"
+              f" graded ({j['retries']} re-asks); contaminated eval items {c}")
+    board = ", ".join(f"{r['model']} {r['elo']:.0f} [{r['ci_low']:.0f}, {r['ci_high']:.0f}]"
+                      for r in out["arena"]["leaderboard"])
+    print(f"  arena (Bradley–Terry Elo, {out['arena']['judge_votes']} judge votes): {board}")
     last = list(cks)[-1]
     print(f"\n  checkpoint : {cks[last]['uri']}")
     print(f"  HF export  : {out['hf_model'][last]['uri']}  (AutoModelForCausalLM / vLLM)")
     print(f"  eval       : {evs[last]['uri']}/perplexity.json")
+    print(f"  leaderboard: {out['eval_leaderboard']['uri']}/leaderboard.json")
     print(f"  mix report : {out['mix_report']['uri']}/mix_report.png")
     print(f"  storage    : {defs.resources['storage'].root}")
     print(f"\nWhole DAG in {secs:.0f} s. Open the lineage in the Dagster UI:  make ui   → http://127.0.0.1:3000")

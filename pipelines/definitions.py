@@ -2,8 +2,9 @@
 
 Graph: raw_corpus[file] → cleaned[file] (+GX check) → deduplicated → teacher_model → synthetic[day×recipe] →
 tokenizer → data_mix/<phase> (YAML) → packed_dataset/<phase> (+read-back check) → checkpoint/<run> chain from
-pipelines/runs/*.yaml (dense_1 → dense_2 → upcycled/moe_1 → moe_1) → hf_model/<run> → eval_perplexity/<run>;
-mix_report beside them.
+pipelines/runs/*.yaml (dense_1 → dense_2 → upcycled/moe_1 → moe_1) → hf_model/<run> → eval_perplexity/<run>,
+eval_tasks/<run>, eval_judge/<run> (judge: teacher_model or KURA_JUDGE_URL), contamination/<run> → arena →
+eval_leaderboard; mix_report beside them.
 The resource set is chosen by KURA_ENV: `local` (folder storage, local vLLM engine, in-process steps) or `cluster`
 (S3 storage and input, vLLM GPU Jobs for generation, every step in its own pod through k8s_job_executor).
 """
@@ -21,6 +22,7 @@ from assets.mix import build_mix_assets, load_mix_spec
 from assets.quality import quality_classifier, quality_examples, reference_lm
 from assets.synthetic import synthetic, synthetic_partitions, teacher_model
 from assets.tokenizer import tokenizer
+from assets.evaluation import build_evaluation_assets
 from assets.pretrain import build_pretraining_assets
 from pipelines.settings import Settings
 from kura.train.spec import load_run_specs
@@ -32,7 +34,8 @@ CURATE = ["deduplicated", "teacher_model", "quality_examples", "quality_classifi
 SYNTH = ["synthetic"]
 MODEL = dg.AssetSelection.assets("tokenizer", "mix_report") | \
     dg.AssetSelection.key_prefixes(["data_mix"], ["packed_dataset"], ["checkpoint"], ["upcycled"], ["hf_model"],
-                                   ["eval_perplexity"])
+                                   ["eval_perplexity"], ["eval_tasks"], ["eval_judge"], ["contamination"]) | \
+    dg.AssetSelection.assets("arena", "eval_leaderboard")
 
 
 def s3_credentials(s: Settings) -> dict:
@@ -63,6 +66,14 @@ def build_resources(s: Settings) -> dict:
         "trainer": TrainerResource(backend="kubernetes", namespace=s.k8s_namespace, image=s.image_megatron,
                                    gpu_pool=s.gpu_pool, pipes_bucket=s.pipes_bucket, s3_endpoint=s.s3_endpoint or "")
         if s.env == "cluster" else TrainerResource(backend="local"),
+        # evaluation: candidates are generated from each run's HF export; the judge is the teacher_model asset
+        # locally, or any OpenAI-compatible endpoint (KURA_JUDGE_URL, a vLLM server) when one is configured
+        "candidates": GeneratorResource(backend="kubernetes", namespace=s.k8s_namespace, image=s.image_vllm,
+                                        gpu_pool=s.gpu_pool, s3_endpoint=s.s3_endpoint or "")
+        if s.env == "cluster" else GeneratorResource(backend="transformers"),
+        "judge": GeneratorResource(backend="openai", base_url=s.judge_url, served_model=s.judge_model,
+                                   api_key=dg.EnvVar("KURA_JUDGE_API_KEY"))
+        if s.judge_url else GeneratorResource(backend="transformers"),
     }
 
 
@@ -125,12 +136,14 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     s = settings or Settings.from_env()
     mix = load_mix_spec(s.mix_file)
     phases = [p.name for p in mix.phases]
+    runs = load_run_specs(s.runs_dir, phases)
     return dg.Definitions(
         assets=[raw_corpus, cleaned, deduplicated, teacher_model, quality_examples, quality_classifier, reference_lm,
                 synthetic,
                 tokenizer,
                 *build_mix_assets(s.mix_file, mix),
-                *build_pretraining_assets(load_run_specs(s.runs_dir, phases), phases),
+                *build_pretraining_assets(runs, phases),
+                *build_evaluation_assets(runs, phases, {k: v.model_dump() for k, v in mix.chat_templates.items()}),
                 *frozen_sources()],
         jobs=[ingest_job, curate_job, synthetic_job, model_job],
         executor=k8s_job_executor if s.env == "cluster" else None,

@@ -24,6 +24,8 @@ class Settings:
     runs_dir: Path = PIPELINES_DIR / "runs"
     image_megatron: str = "ghcr.io/your-org/kura-gpu-megatron:0.1.0"
     pipes_bucket: str = ""
+    judge_url: str = ""
+    judge_model: str = "judge"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -42,4 +44,6 @@ class Settings:
                    image_vllm=os.environ.get("KURA_IMAGE_VLLM", "ghcr.io/your-org/kura-gpu-vllm:0.1.0"),
                    runs_dir=Path(os.environ.get("KURA_RUNS_DIR", PIPELINES_DIR / "runs")),
                    image_megatron=os.environ.get("KURA_IMAGE_MEGATRON", "ghcr.io/your-org/kura-gpu-megatron:0.1.0"),
-                   pipes_bucket=os.environ.get("KURA_PIPES_BUCKET", ""))
+                   pipes_bucket=os.environ.get("KURA_PIPES_BUCKET", ""),
+                   judge_url=os.environ.get("KURA_JUDGE_URL", ""),
+                   judge_model=os.environ.get("KURA_JUDGE_MODEL", "judge"))

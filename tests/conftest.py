@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,3 +244,36 @@ def postgres_server():
     finally:
         subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def vllm_openai_server(model_dir: str, name: str, logdir: Path, max_model_len: int = 512):
+    """vLLM's OpenAI-compatible server (CPU build) on 127.0.0.1 serving `model_dir` as `name`; yields the base URL
+    once the model is loaded; the process group is stopped on exit."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from kura.synth.generators import vllm_env
+
+    port = free_port()
+    logdir.mkdir(parents=True, exist_ok=True)
+    logf = open(logdir / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+         "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+         "--max-model-len", str(max_model_len), "--gpu-memory-utilization", "0.5", "--enforce-eager"],
+        env=vllm_env(), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, 240, proc)
+        for _ in range(480):  # the port opens before the model is loaded
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop_process_group(proc)
+        logf.close()

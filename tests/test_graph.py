@@ -12,9 +12,10 @@ import pytest
 from tests.conftest import TINY_OPS, write_mix
 
 PARTITIONED = ("raw_corpus", "cleaned", "synthetic")
-PHASED = ("data_mix", "packed_dataset", "checkpoint", "hf_model", "eval_perplexity", "upcycled")
+PHASED = ("data_mix", "packed_dataset", "checkpoint", "hf_model", "eval_perplexity", "upcycled", "eval_tasks",
+          "eval_judge", "contamination")
 SINGLE = ("deduplicated", "teacher_model", "quality_examples", "quality_classifier", "reference_lm", "tokenizer",
-          "mix_report")
+          "mix_report", "arena", "eval_leaderboard")
 RUNS = ("dense_1", "dense_2", "moe_1")
 PHASES = ("web", "instruct")
 
@@ -196,7 +197,10 @@ def test_phase_edit_rebuilds_exactly_that_phase_and_downstream(graph):
     expected = {"data_mix/instruct", "packed_dataset/instruct", "mix_report", "checkpoint/dense_2",
                 "upcycled/moe_1", "checkpoint/moe_1", *(f"{a}/{r}" for a in ("hf_model", "eval_perplexity")
                                                         for r in ("dense_2", "moe_1")),
-                "eval_perplexity/dense_1"}  # every eval reads the held-out sets of both phases
+                "eval_perplexity/dense_1",  # every perplexity eval reads the held-out sets of both phases
+                *(f"{a}/{r}" for a in ("eval_tasks", "eval_judge") for r in ("dense_2", "moe_1")),
+                *(f"contamination/{r}" for r in ("dense_1", "dense_2", "moe_1")),  # they read every phase's mix
+                "arena", "eval_leaderboard"}
     assert requested == expected
 
     run = defs.resolve_job_def("model_job").execute_in_process(

@@ -66,35 +66,10 @@ def test_transformers_fallback_matches_vllm_greedy(graph):
 @pytest.fixture(scope="module")
 def vllm_server(graph, tmp_path_factory):
     """vLLM's OpenAI-compatible server (CPU build) on 127.0.0.1 serving the graph's teacher; once per module."""
-    import subprocess
-    import sys
+    from tests.conftest import vllm_openai_server
 
-    from kura.synth.generators import vllm_env
-    from tests.conftest import free_port, stop_process_group, wait_for_port
-
-    port = free_port()
-    logf = open(tmp_path_factory.mktemp("vllm-serve") / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", graph.out["teacher_model"]["uri"],
-         "--served-model-name", "teacher", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-         "--max-model-len", "512", "--gpu-memory-utilization", "0.5", "--enforce-eager"],
-        env=vllm_env(), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_port(port, 240, proc)
-        import urllib.request
-
-        for _ in range(240):  # the port opens before the model is loaded
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
-                break
-            except OSError:
-                import time
-
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop_process_group(proc)
-        logf.close()
+    with vllm_openai_server(graph.out["teacher_model"]["uri"], "teacher", tmp_path_factory.mktemp("vllm-serve")) as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -52,7 +52,9 @@ def test_webserver_serves_the_asset_graph_on_loopback(tmp_path):
         assert graph["checkpoint/moe_1"] == {"upcycled/moe_1", "packed_dataset/web", "tokenizer"}
         assert graph["upcycled/moe_1"] == {"checkpoint/dense_2"}
         assert graph["checkpoint/dense_2"] == {"checkpoint/dense_1", "packed_dataset/instruct", "tokenizer"}
-        assert len(graph) == 27 and graph["frozen/packed_dataset_web"] == set(), "frozen sources from dvc.yaml"
+        assert graph["contamination/dense_1"] == {"checkpoint/dense_1", "data_mix/web", "data_mix/instruct"}
+        assert graph["eval_judge/moe_1"] == {"hf_model/moe_1", "teacher_model"}
+        assert len(graph) == 38 and graph["frozen/packed_dataset_web"] == set(), "frozen sources from dvc.yaml"
         assert graph["data_mix/web"] == {"deduplicated", "synthetic", "tokenizer", "quality_classifier",
                                          "reference_lm"}
         # with telemetry on, Dagster creates $DAGSTER_HOME/.telemetry/id.yaml at start-up (checked by hand)

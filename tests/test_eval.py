@@ -1,0 +1,249 @@
+"""Evaluation: task scoring and format compliance, judge parsing and retries, Bradley–Terry recovery, contamination
+(planted, at the function and the asset level), evaluation data from S3, and judge + candidate through real vLLM
+OpenAI-compatible servers."""
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from kura.eval import arena, contamination, judge, tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAIN = ("user: ", "assistant: ", "\n")
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+
+def _items():
+    return tasks.load_task_dir({f.name: f.read_text() for f in (ROOT / "pipelines" / "evals" / "tasks").iterdir()})
+
+
+def test_shipped_tasks_load():
+    t = _items()
+    assert set(t) == {"ja_choice", "arithmetic", "ja_reading"} and all(len(v) >= 5 for v in t.values())
+
+
+@pytest.mark.parametrize("line,message", [
+    ("not json", "t.jsonl:1: not JSON"),
+    ('{"instruction": "x", "output": "1"}', "missing metric"),
+    ('{"instruction": "x", "output": "1", "metric": "bleu"}', "metric 'bleu'"),
+    ('{"instruction": "x", "output": "5", "metric": "choice", "choices": ["a", "b"]}', "index of the right choice"),
+])
+def test_bad_task_files_name_file_and_line(line, message):
+    with pytest.raises(tasks.TaskFileError, match=message):
+        tasks.load_task_dir({"t.jsonl": line})
+
+
+def test_score_format_and_lenient_are_separate():
+    """Tanuki's failure: the right answer in free text gets 0 strict, counts as non-compliant, but lenient 1."""
+    item = tasks.TaskItem("c", 0, "番号で答えてください。", "首都は?", "1", "choice", ["大阪", "東京", "京都"])
+    assert tasks.score_item(item, "1") == {"answer": "1", "score": 1.0, "compliant": True, "lenient": 1.0}
+    free = tasks.score_item(item, "正解は東京です。")
+    assert free["score"] == 0.0 and not free["compliant"] and free["lenient"] == 1.0
+    wrong = tasks.score_item(item, "2")
+    assert wrong["score"] == 0.0 and wrong["compliant"] and wrong["lenient"] == 0.0
+    em = tasks.TaskItem("a", 0, "計算", "2+3", "5", "exact_match")
+    assert tasks.score_item(em, " 5。\nおわり")["score"] == 1.0
+    assert tasks.score_item(em, "答えは5になると思います、なぜなら二足す三は五だからです。長い説明が続きます。")["lenient"] == 1.0
+    f1 = tasks.TaskItem("r", 0, "", "", "第二会議室", "char_f1")
+    assert tasks.score_item(f1, "第二会議室")["score"] == 1.0 and 0 < tasks.score_item(f1, "会議室")["score"] < 1
+
+
+def test_run_tasks_summarizes_per_task():
+    t = _items()
+    answers = {it.instruction + it.input: it.output for items in t.values() for it in items}
+
+    def perfect(prompts):  # an oracle that answers in the required format
+        out = []
+        for p in prompts:
+            it = next(it for items in t.values() for it in items if tasks.render(it, *PLAIN) == p)
+            out.append(it.output)
+        return out
+
+    res = tasks.run_tasks(t, perfect, *PLAIN)
+    assert res["overall"] == {"items": sum(len(v) for v in t.values()), "score": 1.0, "format_compliance": 1.0,
+                              "lenient_score": 1.0}
+    assert answers and len(res["records"]) == res["overall"]["items"]
+
+
+# ----------------------------------------------------------------------------------------------- judge
+
+def test_judge_parsing_and_retries_are_counted():
+    qs = [judge.Question("q1", "math", ["1+1?", "then 2+2?"]), judge.Question("q2", "writing", ["a poem"])]
+    answers = {"q1": ["2", "4"], "q2": ["roses"]}
+    calls = []
+
+    def fake_judge(prompts, attempt):  # a scripted judge: first q1/turn-2 reply has no grade
+        calls.append((len(prompts), attempt))
+        out = []
+        for p in prompts:
+            if "then 2+2?" in p and attempt == 0:
+                out.append("good answer but I forgot the format")
+            else:
+                out.append(f"reason... 評価: [[{7 if 'poem' in p else 9}]]")
+        return out
+
+    res = judge.grade(qs, answers, fake_judge, PLAIN, max_retries=2)
+    assert calls == [(3, 0), (1, 1)], "only the unparsed reply is re-asked"
+    assert res["graded"] == 3 and res["parse_failures"] == 0 and res["retries"] == 1
+    assert res["per_category"] == {"math": 9.0, "writing": 7.0}
+    assert res["judge_prompt_version"] == judge.JUDGE_PROMPT_VERSION
+    assert judge.parse_score("x [[3]] then [[10]]") == 10 and judge.parse_score("[[11]]") is None
+    assert judge.parse_verdict("I pick [[B]]") == "B" and judge.parse_verdict("B") is None
+
+
+def test_pairwise_counts_disagreeing_orders_as_ties():
+    qs = [judge.Question("q1", "c", ["?"])]
+    answers = {"m1": {"q1": ["long good answer"]}, "m2": {"q1": ["bad"]}}
+
+    def position_biased(prompts, attempt):
+        return ["[[A]]"] * len(prompts)  # always picks the first answer shown
+
+    votes = judge.pairwise(qs, answers, position_biased, PLAIN)
+    assert votes == [{"model_a": "m1", "model_b": "m2", "question_id": "q1", "winner": "tie", "source": "judge"}]
+
+    def fair(prompts, attempt):
+        return ["[[A]]" if p.index("long good") < p.index("bad\n") else "[[B]]" for p in prompts]
+
+    assert judge.pairwise(qs, answers, fair, PLAIN)[0]["winner"] == "a"
+
+
+# ----------------------------------------------------------------------------------------------- arena
+
+def test_bradley_terry_recovers_known_strengths_with_intervals():
+    rng = np.random.default_rng(7)
+    true = {"a": 1200.0, "b": 1100.0, "c": 1000.0, "d": 850.0, "e": 850.0 - 100}
+    names = list(true)
+    votes = []
+    for _ in range(3000):
+        i, j = rng.choice(len(names), 2, replace=False)
+        pa = 1 / (1 + 10 ** ((true[names[j]] - true[names[i]]) / 400))
+        u = rng.random()
+        winner = "tie" if abs(u - pa) < 0.03 else ("a" if u < pa else "b")
+        votes.append({"model_a": names[i], "model_b": names[j], "winner": winner})
+    res = arena.ratings(votes, bootstrap=100)
+    order = [r["model"] for r in res["leaderboard"]]
+    assert order == ["a", "b", "c", "d", "e"]
+    mean_true = np.mean(list(true.values()))
+    for r in res["leaderboard"]:
+        assert r["ci_low"] <= true[r["model"]] - mean_true + 1000 <= r["ci_high"], r
+    gap = {r["model"]: r["elo"] for r in res["leaderboard"]}
+    assert abs((gap["a"] - gap["c"]) - 200) < 40
+
+
+def test_human_votes_file_is_validated():
+    good = arena.load_votes('{"model_a": "x", "model_b": "y", "winner": "tie"}\n', "h.jsonl")
+    assert good[0]["source"] == "human"
+    with pytest.raises(ValueError, match="h.jsonl:2"):
+        arena.load_votes('{"model_a": "x", "model_b": "y", "winner": "a"}\n{"model_a": "x", "winner": "a"}', "h.jsonl")
+
+
+# ----------------------------------------------------------------------------------------------- contamination
+
+def test_planted_contamination_is_found_with_its_source():
+    items = {"tasks/x": [("x:0", "富士山がある国はどこですか。日本の山について答えてください。"), ("x:1", "まったく別の問題文")]}
+    docs = [("deduplicated", "d1", "今日は天気がいい。"),
+            ("synthetic", "s7", "ユーザーの質問: 富士山がある国はどこですか。日本の山について答えてください。答え: 日本"),
+            ("deduplicated", "d2", "富士山")]
+    res = contamination.check(items, docs, n=8, min_hits=3)
+    s = res["eval_sets"]["tasks/x"]
+    assert s["contaminated"] == 1 and s["sources"] == ["synthetic"]
+    assert s["examples"][0]["item"] == "x:0" and s["examples"][0]["sources"] == {"synthetic": ["s7"]}
+    assert res["training_documents"] == 3
+
+
+def test_planted_contamination_fails_the_asset_check(graph, tmp_path):
+    """A task whose text was copied from a document that reached moe_1's training data (through dense_1's web
+    phase) makes `no_contamination` fail, naming the source; with block: true it is an ERROR."""
+    import pyarrow.parquet as pq
+
+    mix = graph.out["data_mix"]["web"]
+    doc = next(r for r in pq.read_table(Path(mix["uri"]) / "documents.parquet").to_pylist()
+               if r["text"] and len(r["text"]) > 60 and r["source"].startswith("deduplicated"))
+    planted = tmp_path / "planted.jsonl"
+    planted.write_text(json.dumps({"instruction": "要約してください。", "input": doc["text"][:80], "output": "x",
+                                   "metric": "exact_match"}, ensure_ascii=False) + "\n")
+    key = dg.AssetKey(["contamination", "moe_1"])
+    res = graph.defs.resolve_job_def("model_job").execute_in_process(
+        instance=graph.instance, asset_selection=[key], raise_on_error=False,
+        run_config={"ops": {"contamination__moe_1": {"config": {"extra": [str(planted)], "block": True}}}})
+    assert res.success
+    ev = [e for e in res.get_asset_check_evaluations() if e.check_name == "no_contamination"][0]
+    assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR
+    assert "extra/planted" in ev.description and ev.metadata["offending_sources"].value == [doc["source"]]
+    clean = graph.instance.get_latest_materialization_event(key)
+    assert clean is not None
+
+
+# ------------------------------------------------------------------------------------------ whole graph
+
+def test_every_run_has_all_evaluations_and_a_leaderboard(graph):
+    runs = ("dense_1", "dense_2", "moe_1")
+    for r in runs:
+        t = graph.out["eval_tasks"][r]
+        assert set(t["tasks"]) == {"ja_choice", "arithmetic", "ja_reading"}
+        assert 0 <= t["overall"]["score"] <= t["overall"]["lenient_score"] <= 1
+        j = graph.out["eval_judge"][r]
+        assert j["graded"] + j["parse_failures"] == 12, "6 questions × 2 turns, every one accounted for"
+        assert j["judge_model"] == graph.out["teacher_model"]["version"]
+        assert j["judge_prompt_version"] == judge.JUDGE_PROMPT_VERSION
+        assert graph.out["contamination"][r]["training_documents"] > 100
+    chain = graph.out["contamination"]["moe_1"]
+    assert chain["phases"] == ["instruct", "web"], "moe_1's lineage reaches both phases through dense_2"
+    assert graph.out["contamination"]["dense_1"]["phases"] == ["web"]
+    a = graph.out["arena"]
+    assert {r["model"] for r in a["leaderboard"]} == set(runs) and a["asked"] == 6 * 3 * 2
+    board = graph.out["eval_leaderboard"]["rows"]
+    assert [r["run"] for r in board] == list(runs) and all("ppl_web_ja" in r and "elo" in r for r in board)
+    mat = graph.instance.get_latest_materialization_event(dg.AssetKey("eval_leaderboard")).asset_materialization
+    assert "plot" in mat.metadata and "leaderboard" in mat.metadata
+
+
+def test_evaluation_data_loads_from_s3(s3_server):
+    from assets.evaluation import read_text_files
+    from kura.io import Storage
+    from resources import StorageResource
+
+    st = Storage(f"s3://{s3_server.bucket}/evals", endpoint_url=s3_server.endpoint, key=s3_server.key,
+                 secret=s3_server.secret)
+    for f in (ROOT / "pipelines" / "evals" / "tasks").iterdir():
+        st.write_bytes(f"tasks/{f.name}", f.read_bytes())
+    res = StorageResource(root=f"s3://{s3_server.bucket}/x", endpoint_url=s3_server.endpoint,
+                          access_key_id=s3_server.key, secret_access_key=s3_server.secret)
+    files = read_text_files(res, f"s3://{s3_server.bucket}/evals/tasks", ".jsonl")
+    assert set(tasks.load_task_dir(files)) == {"ja_choice", "arithmetic", "ja_reading"}
+
+
+# ------------------------------------------------------------------------------- real vLLM servers
+
+@pytest.mark.slow
+def test_judge_and_candidate_through_real_vllm_servers(graph, tmp_path):
+    """Candidate (dense_1's HF export) and judge (the teacher) each served by vLLM's OpenAI-compatible server
+    (CPU build) on 127.0.0.1; the task runner, the multi-turn answers and the grading go over HTTP."""
+    from kura.synth.generators import OpenAICompatibleGenerator, SamplingConfig
+    from tests.conftest import vllm_openai_server
+
+    with vllm_openai_server(graph.out["hf_model"]["dense_1"]["uri"], "dense_1", tmp_path / "cand", 256) as cand_url, \
+            vllm_openai_server(graph.out["teacher_model"]["uri"], "judge", tmp_path / "judge", 512) as judge_url:
+        cand = OpenAICompatibleGenerator(cand_url, "dense_1", max_concurrency=4)
+        jg = OpenAICompatibleGenerator(judge_url, "judge", max_concurrency=4)
+
+        def gen(prompts):
+            return cand.generate(prompts, SamplingConfig(max_tokens=16)).completions
+
+        def judge_call(prompts, attempt):
+            s = SamplingConfig(max_tokens=48, temperature=0.0 if attempt == 0 else 0.8, seed=attempt)
+            return jg.generate(prompts, s).completions
+
+        t = tasks.run_tasks(_items(), gen, *PLAIN, limit=2)
+        assert t["overall"]["items"] == 6 and all(r["completion"] is not None for r in t["records"])
+        qs = judge.load_questions((ROOT / "pipelines" / "evals" / "mt_bench_ja.jsonl").read_text(), "q")[:2]
+        answers = judge.answer_questions(qs, gen, *PLAIN)
+        assert all(len(a) == 2 for a in answers.values())
+        res = judge.grade(qs, answers, judge_call, PLAIN, max_retries=1)
+        assert res["graded"] + res["parse_failures"] == 4
+        assert all(r["rationale"] is not None and 1 <= r["attempts"] <= 2 for r in res["records"])
+        assert res["retries"] == res["parse_failures"] + sum(1 for r in res["records"] if r["attempts"] == 2
+                                                              and not r["parse_failed"]), "every failure re-asked"
