@@ -85,7 +85,12 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
             f"rejected-at-read {out['raw_corpus'].get(f, {}).get('rejected', '-'):>3} "
             f"{'CHECK FAILED ' + ','.join(failed) if failed else 'checks ok'} ({time.perf_counter() - t:.1f}s)")
     syn_pk = synthetic_key(day or daily_partitions.get_last_partition_key())  # the demo teacher knows Q&A only
-    for job, pk in (("curate_job", None), ("synthetic_job", syn_pk), ("model_job", None)):
+    steps = [("curate_job", None), ("synthetic_job", syn_pk), ("model_job", None)]
+    if "post_training_job" in {j.name for j in defs.jobs}:
+        trials = defs.resolve_job_def("post_training_job").partitions_def.get_partition_keys()
+        steps += [("preference_data_job", None), *(("post_training_job", t) for t in trials),
+                  ("post_training_summary_job", None)]
+    for job, pk in steps:
         t = time.perf_counter()
         names = list(defs.resolve_job_def(job).graph.node_dict)  # op names: "tokenizer", "data_mix__web", ...
         r = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=pk,
@@ -99,6 +104,8 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
             if "__" in name:  # a phase asset: out["data_mix"]["web"]
                 prefix, phase = name.split("__", 1)
                 out.setdefault(prefix, {})[phase] = value
+            elif pk:  # a partitioned asset: out["adapter"]["sft-r4"], out["synthetic"][(day, recipe)]
+                out.setdefault(name, {}).update(value)
             else:
                 out[name] = value
         log(f"  {job:12s} {'[' + pk + ']' if pk else '':14s} ok ({time.perf_counter() - t:.1f}s)")
@@ -166,6 +173,15 @@ def demo(args) -> int:
     board = ", ".join(f"{r['model']} {r['elo']:.0f} [{r['ci_low']:.0f}, {r['ci_high']:.0f}]"
                       for r in out["arena"]["leaderboard"])
     print(f"  arena (Bradley–Terry Elo, {out['arena']['judge_votes']} judge votes): {board}")
+    for r in out.get("trial_leaderboard", {}).get("rows", []):
+        a = out["adapter"][r["trial"]]
+        d = a["data"]
+        data = (f"{d['sft_examples']} conversations + {d['replay_examples']} replay docs" if "sft_examples" in d
+                else f"{d['pairs']} preference pairs")
+        extra = f", reward accuracy {a['reward_accuracy']}" if "reward_accuracy" in a else ""
+        print(f"  trial #{r['rank']} {r['trial']:<12s}: {r['method']} on {a['base']} ({data}); loss "
+              f"{a['first_loss']} -> {a['final_loss']}{extra}; tasks {r['task_score']:.2f}, compliance "
+              f"{r['format_compliance']:.2f}; merged logits vs adapter {out['merged_model'][r['trial']]['max_logit_diff_vs_adapter']:.1e}")
     last = list(cks)[-1]
     print(f"\n  checkpoint : {cks[last]['uri']}")
     print(f"  HF export  : {out['hf_model'][last]['uri']}  (AutoModelForCausalLM / vLLM)")

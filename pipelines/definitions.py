@@ -23,10 +23,13 @@ from assets.quality import quality_classifier, quality_examples, reference_lm
 from assets.synthetic import synthetic, synthetic_partitions, teacher_model
 from assets.tokenizer import tokenizer
 from assets.evaluation import build_evaluation_assets
+from assets.posttrain import build_post_training_assets
 from assets.pretrain import build_pretraining_assets
 from pipelines.settings import Settings
 from kura.train.spec import load_run_specs
+from kura.train.trials import load_post_training
 from resources import CorpusResource, GeneratorResource, ManifestIOManager, StorageResource
+from resources.posttrainer import PostTrainerResource
 from resources.trainer import TrainerResource
 
 INGEST = ["raw_corpus", "cleaned"]
@@ -36,6 +39,8 @@ MODEL = dg.AssetSelection.assets("tokenizer", "mix_report") | \
     dg.AssetSelection.key_prefixes(["data_mix"], ["packed_dataset"], ["checkpoint"], ["upcycled"], ["hf_model"],
                                    ["eval_perplexity"], ["eval_tasks"], ["eval_judge"], ["contamination"]) | \
     dg.AssetSelection.assets("arena", "eval_leaderboard")
+POST = ["adapter", "merged_model", "trial_eval"]
+POST_SUMMARY = dg.AssetSelection.assets("trial_leaderboard") | dg.AssetSelection.key_prefixes(["model_merge"])
 
 
 def s3_credentials(s: Settings) -> dict:
@@ -71,6 +76,10 @@ def build_resources(s: Settings) -> dict:
         "candidates": GeneratorResource(backend="kubernetes", namespace=s.k8s_namespace, image=s.image_vllm,
                                         gpu_pool=s.gpu_pool, s3_endpoint=s.s3_endpoint or "")
         if s.env == "cluster" else GeneratorResource(backend="transformers"),
+        "post_trainer": PostTrainerResource(backend="kubernetes", namespace=s.k8s_namespace,
+                                            image=s.image_megatron, gpu_pool=s.gpu_pool,
+                                            s3_endpoint=s.s3_endpoint or "")
+        if s.env == "cluster" else PostTrainerResource(backend="local"),
         "judge": GeneratorResource(backend="openai", base_url=s.judge_url, served_model=s.judge_model,
                                    api_key=dg.EnvVar("KURA_JUDGE_API_KEY"))
         if s.judge_url else GeneratorResource(backend="transformers"),
@@ -137,15 +146,28 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     mix = load_mix_spec(s.mix_file)
     phases = [p.name for p in mix.phases]
     runs = load_run_specs(s.runs_dir, phases)
+    trials, merges = load_post_training(s.post_training_dir, [r.name for r in runs])
+    templates = {k: v.model_dump() for k, v in mix.chat_templates.items()}
+    trial_parts = dg.StaticPartitionsDefinition(sorted(trials)) if trials else None
+    post_jobs = [
+        dg.define_asset_job("post_training_job", selection=POST, partitions_def=trial_parts,
+                            description="One post-training trial (adapter → merged_model → trial_eval); a backfill "
+                                        "over the trial partitions runs the missing ones."),
+        dg.define_asset_job("post_training_summary_job", selection=POST_SUMMARY,
+                            description="Trial leaderboard and model merges, once the trials exist."),
+        dg.define_asset_job("preference_data_job", selection=["preference_pairs"],
+                            description="DPO preference pairs (teacher answer vs base model sample)."),
+    ] if trials else []
     return dg.Definitions(
         assets=[raw_corpus, cleaned, deduplicated, teacher_model, quality_examples, quality_classifier, reference_lm,
                 synthetic,
                 tokenizer,
                 *build_mix_assets(s.mix_file, mix),
                 *build_pretraining_assets(runs, phases),
-                *build_evaluation_assets(runs, phases, {k: v.model_dump() for k, v in mix.chat_templates.items()}),
+                *build_evaluation_assets(runs, phases, templates),
+                *build_post_training_assets(trials, merges, phases, templates, trial_parts),
                 *frozen_sources()],
-        jobs=[ingest_job, curate_job, synthetic_job, model_job],
+        jobs=[ingest_job, curate_job, synthetic_job, model_job, *post_jobs],
         executor=k8s_job_executor if s.env == "cluster" else None,
         schedules=[synthetic_nightly],
         sensors=[corpus_files_sensor,

@@ -25,6 +25,7 @@ class Settings:
     image_megatron: str = "ghcr.io/your-org/kura-gpu-megatron:0.1.0"
     pipes_bucket: str = ""
     judge_url: str = ""
+    post_training_dir: Path = PIPELINES_DIR / "post_training"
     judge_model: str = "judge"
 
     @classmethod
@@ -46,4 +47,5 @@ class Settings:
                    image_megatron=os.environ.get("KURA_IMAGE_MEGATRON", "ghcr.io/your-org/kura-gpu-megatron:0.1.0"),
                    pipes_bucket=os.environ.get("KURA_PIPES_BUCKET", ""),
                    judge_url=os.environ.get("KURA_JUDGE_URL", ""),
+                   post_training_dir=Path(os.environ.get("KURA_POST_TRAINING_DIR", PIPELINES_DIR / "post_training")),
                    judge_model=os.environ.get("KURA_JUDGE_MODEL", "judge"))

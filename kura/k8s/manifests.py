@@ -183,6 +183,27 @@ def megatron_training(name: str, cfg: MegatronJobConfig, train_args: list[str],
     return [service, job]
 
 
+class PostTrainJobConfig(JobCommon):
+    """One post-training trial (LoRA SFT/DPO) on one GPU node: `python -m kura.train.lora <job> <result>`."""
+
+    image: str = "ghcr.io/your-org/kura-gpu-megatron:0.1.0"
+    gpu: GpuPool = Field(default_factory=lambda: GpuPool(gpus_per_node=1))
+    memory: str = Field("64Gi", description="Memory request and limit per pod.")
+
+
+def posttrain_job(name: str, cfg: PostTrainJobConfig, job_uri: str, result_uri: str) -> dict:
+    """A Job training one trial from a job file on S3 (spec, base model and data URIs); the adapter goes back to
+    S3 beside the result."""
+    job = vllm_generation_job(name, VllmJobConfig(**{k: getattr(cfg, k) for k in JobCommon.model_fields},
+                                                  gpu=cfg.gpu, model_pvc=None), job_uri, result_uri)
+    labels = _labels(name, "post-training")
+    job["metadata"]["labels"] = job["spec"]["template"]["metadata"]["labels"] = labels
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    c.update(name="trainer", image=cfg.image, command=["python", "-m", "kura.train.lora", job_uri, result_uri],
+             env=_env(cfg, {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}))
+    return job
+
+
 def secret(name: str, namespace: str, string_data: dict[str, str]) -> dict:
     """An Opaque Secret. Values are given at render time (from the environment of whoever applies it); kura never
     writes them to the repository or to metadata."""

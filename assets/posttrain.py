@@ -1,0 +1,300 @@
+"""Post-training trials as partitioned assets (one partition per trial of `pipelines/post_training/*.yaml`).
+
+preference_pairs ──┐
+synthetic ─────────┼─► adapter[trial] ─► merged_model[trial] ─► trial_eval[trial] ─► trial_leaderboard
+data_mix/web ──────┤        (PEFT)        (merge_and_unload)      (tasks + held-out perplexity)
+hf_model/<base> ───┘                        └─► model_merge/<name> (linear / task arithmetic of trials)
+
+- SFT data: the gate-passed synthetic conversations (assistant-only loss) plus `replay_fraction` pretraining
+  documents from the first mix phase; the adapter's manifest records both counts and the upstream versions.
+- DPO pairs (`preference_pairs`): for each synthetic conversation, the teacher's answer is `chosen` and a sample of
+  the base model is `rejected` (two models of known different strength — the "two teachers" construction).
+- Every trial gets its evaluation partition through eager automation; `trial_leaderboard` ranks them with a
+  picture. Adding a trial to the YAML adds a partition: a backfill (or the sensor) runs just the missing ones.
+"""
+import json
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import kura.eval.perplexity as ppl
+import kura.eval.tasks as tasks_mod
+import kura.train.lora as lora
+import kura.train.trials as trials_mod
+from assets._common import output, run_versioned, source_version, write_json
+from assets.automation import EAGER
+from assets.evaluation import DEFAULT_TASKS, _generate, _png_md, _table, _tmpl, read_text_files
+from assets.mix import mix_key, packed_key
+from assets.pretrain import hf_key
+from assets.tokenizer import synthetic_rows
+from kura.io import stable_hash
+from kura.synth.generators import SamplingConfig
+from kura.train.trials import MergeSpec, TrialSpec
+from resources import GeneratorResource, StorageResource
+from resources.posttrainer import PostTrainerResource
+
+PAIRS_SCHEMA = pa.schema([("doc_id", pa.string()), ("prompt", pa.string()), ("chosen", pa.string()),
+                          ("rejected", pa.string())])
+
+
+def _conversations(rows: list[dict]) -> list[list[dict]]:
+    out = []
+    for r in rows:
+        turns = json.loads(r["turns"]) if isinstance(r.get("turns"), str) else r.get("turns")
+        if turns and any(t["role"] == "assistant" for t in turns):
+            out.append(turns)
+    return out
+
+
+class PairsConfig(dg.Config):
+    max_pairs: int = 256
+    """Conversations turned into preference pairs."""
+    max_tokens: int = 48
+    """Length limit of the base model's (rejected) answers."""
+    temperature: float = 1.0
+    """Sampling temperature of the rejected answers."""
+    chat_template: str = "plain"
+    """Chat template the base model is prompted with."""
+
+
+class TrialEvalConfig(dg.Config):
+    tasks: str = DEFAULT_TASKS
+    """Task folder (or s3:// prefix)."""
+    max_docs: int = 200
+    """Held-out documents per language and phase for perplexity."""
+    max_tokens: int = 24
+    """Answer length limit for the tasks."""
+
+
+class LeaderboardConfig(dg.Config):
+    rank_by: str = "task_score"
+    """Metric to rank trials by (higher is better; perplexities are ranked lower-is-better)."""
+
+
+def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeSpec], phases: list[str],
+                               templates: dict, parts: dg.StaticPartitionsDefinition) -> list:
+    if not trials:
+        return []
+    bases = sorted({t.base for t in trials.values()})
+    dpo_bases = sorted({t.base for t in trials.values() if t.method == "dpo"})
+    replay_phase = phases[0]
+    out: list = []
+
+    if dpo_bases:
+        @dg.asset(name="preference_pairs", group_name="post_training", automation_condition=EAGER,
+                  ins={"synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+                       "base": dg.AssetIn(key=hf_key(dpo_bases[0]))},
+                  code_version=source_version(lora), description=f"chosen = teacher answer, rejected = a sample "
+                                                                 f"of {dpo_bases[0]} (DPO pairs)")
+        def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, storage: StorageResource,
+                             candidates: GeneratorResource, synthetic: dict, base: dict) -> dg.Output:
+            st = storage.get()
+            user, assistant, sep = _tmpl(templates, config.chat_template)
+
+            def build(stage: Path) -> dict:
+                convs = [c for c in _conversations(synthetic_rows(st, synthetic))][:config.max_pairs]
+                prompts = [f"{user}{c[0]['content']}{sep}{assistant}" for c in convs]
+                gen = candidates.build_for(st, base["dir"])
+                samples = gen.generate(prompts, SamplingConfig(max_tokens=config.max_tokens,
+                                                               temperature=config.temperature, seed=0)).completions
+                rows, same = [], 0
+                for i, (c, s) in enumerate(zip(convs, samples)):
+                    chosen = next(t["content"] for t in c if t["role"] == "assistant")
+                    rejected = s.strip().split(f"{sep}{user.strip()}")[0].strip()
+                    if rejected == chosen.strip() or not rejected:
+                        same += 1
+                        continue
+                    rows.append({"doc_id": str(i), "prompt": c[0]["content"], "chosen": chosen, "rejected": rejected})
+                pq.write_table(pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA), stage / "pairs.parquet")
+                return {"pairs": len(rows), "dropped_identical_or_empty": same, "rejected_model": base["version"],
+                        "chosen_from": {k: v["version"] for k, v in sorted(synthetic.items())}}
+
+            m, reused = run_versioned(context, st, config=config, upstream={"synthetic": synthetic, "base": base},
+                                      build=build)
+            return output(m, reused, pairs=m["pairs"], dropped=m["dropped_identical_or_empty"])
+
+        out.append(preference_pairs)
+
+    ins = {"synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+           "replay_mix": dg.AssetIn(key=mix_key(replay_phase))}
+    ins.update({f"base_{b}": dg.AssetIn(key=hf_key(b)) for b in bases})
+    if dpo_bases:
+        ins["pairs"] = dg.AssetIn("preference_pairs")
+
+    @dg.asset(name="adapter", group_name="post_training", partitions_def=parts, automation_condition=EAGER, ins=ins,
+              code_version=source_version(lora, trials_mod), description="LoRA adapter of one trial (PEFT format)")
+    def adapter(context: dg.AssetExecutionContext, storage: StorageResource, post_trainer: PostTrainerResource,
+                **inputs) -> dg.Output:
+        st = storage.get()
+        tid = context.partition_key
+        spec = trials[tid]
+        base = inputs[f"base_{spec.base}"]
+        tmpl = _tmpl(templates, spec.chat_template)
+        upstream = {"base": base, "replay_mix": inputs["replay_mix"],
+                    "data": inputs["pairs"] if spec.method == "dpo" else inputs["synthetic"]}
+
+        def build(stage: Path) -> dict:
+            _, tok = lora.load_base(st.local_dir(base["dir"]))
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            if spec.method == "sft":
+                convs = _conversations(synthetic_rows(st, inputs["synthetic"]))
+                docs = pq.read_table(st.local_dir(inputs["replay_mix"]["dir"]) / "documents.parquet",
+                                     columns=["text"]).column("text").to_pylist()
+                examples, man = lora.build_sft_data(convs, [d for d in docs if d], spec, tok, tmpl)
+            else:
+                pairs = pq.read_table(st.local_dir(inputs["pairs"]["dir"]) / "pairs.parquet").to_pylist()
+                examples, man = lora.build_dpo_data(pairs, spec, tok, tmpl)
+            man.update(base_model=base["version"], replay_source=f"data_mix/{replay_phase}",
+                       replay_mix_version=inputs["replay_mix"]["version"],
+                       data_versions=({"preference_pairs": inputs["pairs"]["version"]} if spec.method == "dpo" else
+                                      {f"synthetic[{k}]": v["version"] for k, v in sorted(inputs["synthetic"].items())}))
+            stats = post_trainer.train(context, st, spec, base["dir"], stage, examples=examples, pad_id=pad,
+                                       manifest=man)
+            info = {"trial": tid, "spec": spec.model_dump(), "base_run": spec.base, **stats}
+            write_json(stage / "kura_adapter.json", info)
+            return {k: v for k, v in info.items() if k != "curve"}
+
+        m, reused = run_versioned(context, st, config=spec.model_dump(), upstream=upstream, build=build)
+        d = m["data"]
+        return output(m, reused, method=spec.method, base=spec.base, lora_r=spec.lora.r, lr=spec.optim.lr,
+                      final_loss=m["final_loss"], steps=m["steps"], trainable_parameters=m["trainable_parameters"],
+                      data=d, **({"reward_accuracy": m["reward_accuracy"]} if "reward_accuracy" in m else {}))
+
+    out.append(adapter)
+
+    mins = {"adapter": dg.AssetIn("adapter")}
+    mins.update({f"base_{b}": dg.AssetIn(key=hf_key(b)) for b in bases})
+
+    @dg.asset(name="merged_model", group_name="post_training", partitions_def=parts, automation_condition=EAGER,
+              ins=mins, code_version=source_version(lora), description="base + adapter merged (merge_and_unload)")
+    def merged_model(context: dg.AssetExecutionContext, storage: StorageResource, **inputs) -> dg.Output:
+        st = storage.get()
+        spec = trials[context.partition_key]
+        base, ad = inputs[f"base_{spec.base}"], inputs["adapter"]
+
+        def build(stage: Path) -> dict:
+            info = lora.merge(st.local_dir(base["dir"]), st.local_dir(ad["dir"]) / "adapter", stage)
+            return {**info, "adapter": ad["version"], "base_model": base["version"], "trial": context.partition_key}
+
+        m, reused = run_versioned(context, st, config={}, upstream={"adapter": ad, "base": base}, build=build)
+        return output(m, reused, max_logit_diff_vs_adapter=m["max_logit_diff_vs_adapter"], adapter=m["adapter"])
+
+    out.append(merged_model)
+
+    for mg in merges:
+        out.append(_merge_asset(mg, trials, parts))
+
+    eins = {"model": dg.AssetIn("merged_model")}
+    eins.update({f"packed_{p}": dg.AssetIn(key=packed_key(p)) for p in phases})
+
+    @dg.asset(name="trial_eval", group_name="post_training", partitions_def=parts, automation_condition=EAGER,
+              ins=eins, code_version=source_version(tasks_mod, ppl),
+              description="Every trial's tasks (score, format compliance) and held-out perplexity")
+    def trial_eval(context: dg.AssetExecutionContext, config: TrialEvalConfig, storage: StorageResource,
+                   candidates: GeneratorResource, **inputs) -> dg.Output:
+        st = storage.get()
+        spec = trials[context.partition_key]
+        files = read_text_files(storage, config.tasks, ".jsonl")
+        model = inputs["model"]
+
+        def build(stage: Path) -> dict:
+            d = st.local_dir(model["dir"])
+            cfg = json.loads((d / "config.json").read_text())
+            gen = candidates.build_for(st, model["dir"])
+            t = tasks_mod.run_tasks(tasks_mod.load_task_dir(files), _generate(gen, config.max_tokens),
+                                    *_tmpl(templates, spec.chat_template))
+            lm = ppl.load_hf(d)
+            p = {ph: ppl.evaluate_heldout(lm, st.local_dir(inputs[f"packed_{ph}"]["dir"]),
+                                          cfg["max_position_embeddings"], cfg["vocab_size"], config.max_docs)
+                 for ph in phases}
+            res = {"trial": context.partition_key, "method": spec.method, "tasks": t["tasks"],
+                   "overall": t["overall"], "perplexity": p, "model": model["version"]}
+            write_json(stage / "trial_eval.json", res)
+            return res
+
+        m, reused = run_versioned(context, st, config=config, upstream={"model": model, "tasks": stable_hash(files),
+                                                                        **{k: v for k, v in inputs.items()}},
+                                  build=build)
+        md = {f"perplexity_{ph}_{lang}": v["perplexity"] for ph, langs in m["perplexity"].items()
+              for lang, v in langs.items()}
+        return output(m, reused, task_score=m["overall"]["score"],
+                      format_compliance=m["overall"]["format_compliance"], **md)
+
+    out.append(trial_eval)
+
+    @dg.asset(name="trial_leaderboard", group_name="post_training", automation_condition=EAGER,
+              ins={"evals": dg.AssetIn("trial_eval", partition_mapping=dg.AllPartitionMapping()),
+                   "adapters": dg.AssetIn("adapter", partition_mapping=dg.AllPartitionMapping())},
+              code_version=source_version(tasks_mod), description="Trials ranked by the chosen metric")
+    def trial_leaderboard(context: dg.AssetExecutionContext, config: LeaderboardConfig, storage: StorageResource,
+                          evals: dict, adapters: dict) -> dg.Output:
+        st = storage.get()
+        rows = []
+        for tid, e in sorted(evals.items()):
+            a = adapters.get(tid, {})
+            row = {"trial": tid, "method": e["method"], "lora_r": trials[tid].lora.r, "lr": trials[tid].optim.lr,
+                   "replay": trials[tid].replay_fraction, "task_score": e["overall"]["score"],
+                   "format_compliance": e["overall"]["format_compliance"], "final_loss": a.get("final_loss")}
+            for ph, langs in e["perplexity"].items():
+                for lang, v in langs.items():
+                    row[f"ppl_{ph}_{lang}"] = v["perplexity"]
+            rows.append(row)
+        if rows and config.rank_by not in rows[0]:
+            raise ValueError(f"rank_by {config.rank_by!r} is not a leaderboard column {sorted(rows[0])}")
+        low_better = config.rank_by.startswith("ppl_") or config.rank_by == "final_loss"
+        rows.sort(key=lambda r: (r[config.rank_by] is None, r[config.rank_by] if low_better else
+                                 -(r[config.rank_by] or 0)))
+        for i, r in enumerate(rows, 1):
+            r["rank"] = i
+
+        def build(stage: Path) -> dict:
+            write_json(stage / "trial_leaderboard.json", rows)
+            return {"rows": rows, "rank_by": config.rank_by}
+
+        m, reused = run_versioned(context, st, config=config, upstream={"evals": evals, "adapters": adapters},
+                                  build=build)
+        return output(m, reused, leaderboard=_table(m["rows"], list(m["rows"][0])) if m["rows"] else "empty",
+                      plot=_trial_plot(m["rows"], config.rank_by), trials=len(m["rows"]))
+
+    out.append(trial_leaderboard)
+    return out
+
+
+def _merge_asset(mg: MergeSpec, trials: dict[str, TrialSpec], parts) -> dg.AssetsDefinition:
+    base_run = trials[mg.trials[0]].base
+
+    @dg.asset(key=dg.AssetKey(["model_merge", mg.name]), group_name="post_training", automation_condition=EAGER,
+              ins={"merged": dg.AssetIn("merged_model", partition_mapping=dg.SpecificPartitionsPartitionMapping(
+                  list(mg.trials))), "base": dg.AssetIn(key=hf_key(base_run))},
+              code_version=source_version(lora, extra=json.dumps(mg.model_dump(), sort_keys=True)),
+              description=f"{mg.method} merge of {', '.join(mg.trials)}")
+    def model_merge(context: dg.AssetExecutionContext, storage: StorageResource, merged: dict, base: dict):
+        st = storage.get()
+
+        def build(stage: Path) -> dict:
+            info = lora.combine(st.local_dir(base["dir"]), [st.local_dir(merged[t]["dir"]) for t in mg.trials],
+                                mg.weights, stage)
+            return {**info, "method": mg.method, "trials": {t: merged[t]["version"] for t in mg.trials}}
+
+        m, reused = run_versioned(context, st, config=mg.model_dump(), upstream={"merged": merged, "base": base},
+                                  build=build)
+        return output(m, reused, method=m["method"], trials=m["trials"], tensors_changed=m["tensors_changed"])
+
+    return model_merge
+
+
+def _trial_plot(rows: list[dict], metric: str) -> dg.MetadataValue:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 0.4 * max(1, len(rows)) + 1.0), dpi=90)
+    names = [r["trial"] for r in rows][::-1]
+    vals = [r.get(metric) or 0 for r in rows][::-1]
+    colors = ["#4c72b0" if r["method"] == "sft" else "#dd8452" for r in rows][::-1]
+    ax.barh(names, vals, color=colors)
+    ax.set_xlabel(f"{metric} (blue: SFT, orange: DPO)", fontsize=8)
+    ax.tick_params(labelsize=8)
+    return _png_md(fig, "trials")

@@ -1,0 +1,71 @@
+"""Post-trainer resource: where a LoRA SFT/DPO trial trains. `local`: in the step's process (CPU for the tiny
+models of tests and the demo, or a local GPU). `kubernetes`: one GPU Job per trial running `kura.train.lora`
+(rendered by kura.k8s.manifests.posttrain_job, schema-validated in tests): the job file (spec, tokenized examples,
+base model URI) goes to `<storage>/_posttrain/<hash>/`, the pod writes the adapter and the result next to it, and a
+retried step whose pod already finished reuses them."""
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from kura.io import stable_hash
+from kura.k8s.manifests import GpuPool, PostTrainJobConfig, posttrain_job
+from kura.train import lora
+from kura.train.trials import TrialSpec
+
+
+class PostTrainerResource(dg.ConfigurableResource):
+    """Runs post-training trials: `local` or `kubernetes` (one GPU Job per trial)."""
+
+    backend: str = Field("local", description="local | kubernetes")
+    namespace: str = Field("kura", description="Namespace of the trial Jobs.")
+    image: str = Field("ghcr.io/your-org/kura-gpu-megatron:0.1.0", description="Training image (torch, peft).")
+    gpu_pool: str = Field("gpu", description="kura.dev/pool label of the GPU nodes.")
+    s3_endpoint: str = Field("", description="KURA_S3_ENDPOINT handed to the pods.")
+    timeout_s: int = Field(24 * 3600, description="Longest a trial Job may take.")
+
+    def job_object(self, name: str, job_uri: str, result_uri: str) -> dict:
+        cfg = PostTrainJobConfig(namespace=self.namespace, image=self.image, gpu=GpuPool(pool=self.gpu_pool,
+                                                                                          gpus_per_node=1),
+                                 env={"KURA_S3_ENDPOINT": self.s3_endpoint} if self.s3_endpoint else {})
+        return posttrain_job(name, cfg, job_uri, result_uri)
+
+    def train(self, context, storage, spec: TrialSpec, base_rel: str, stage: Path, *, examples: list, pad_id: int,
+              manifest: dict) -> dict:
+        if self.backend == "local":
+            def progress(r):
+                if r["step"] % 5 == 0 or r["step"] == r["steps"] - 1:
+                    context.log.info(f"step {r['step'] + 1}/{r['steps']} loss {r['loss']}")
+
+            return lora.train(spec, storage.local_dir(base_rel), stage, examples=examples, pad_id=pad_id,
+                              manifest=manifest, progress=progress)
+        if self.backend != "kubernetes":
+            raise ValueError(f"unknown post-trainer backend {self.backend!r} (local | kubernetes)")
+        import kubernetes
+        from dagster_k8s.client import DagsterKubernetesClient
+
+        job = {"spec": spec.model_dump(), "base_dir": storage.uri(base_rel), "examples": examples,
+               "pad_id": pad_id, "manifest": manifest}
+        h = stable_hash(job)
+        rel = f"_posttrain/{h}"
+        job["out_uri"] = storage.uri(f"{rel}/adapter")
+        if not storage.exists(f"{rel}/result.json"):
+            storage.write_json(f"{rel}/job.json", job)
+            name = f"kura-trial-{h[:12]}"
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()
+            client = DagsterKubernetesClient.production_client()
+            try:
+                client.batch_api.create_namespaced_job(
+                    self.namespace, self.job_object(name, storage.uri(f"{rel}/job.json"),
+                                                    storage.uri(f"{rel}/result.json")))
+            except kubernetes.client.ApiException as e:
+                if e.status != 409:
+                    raise
+            client.wait_for_job_success(name, self.namespace, wait_timeout=self.timeout_s)
+        shutil.copytree(storage.local_dir(f"{rel}/adapter"), stage / "adapter")
+        return json.loads(storage.read_bytes(f"{rel}/result.json"))
