@@ -149,7 +149,8 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
             man.update(base_model=base["version"], replay_source=f"data_mix/{replay_phase}",
                        replay_mix_version=inputs["replay_mix"]["version"],
                        data_versions=({"preference_pairs": inputs["pairs"]["version"]} if spec.method == "dpo" else
-                                      {f"synthetic[{k}]": v["version"] for k, v in sorted(inputs["synthetic"].items())}))
+                                      {f"synthetic[{k}]": v["version"]
+                                       for k, v in sorted(inputs["synthetic"].items())}))
             stats = post_trainer.train(context, st, spec, base["dir"], stage, examples=examples, pad_id=pad,
                                        manifest=man)
             info = {"trial": tid, "spec": spec.model_dump(), "base_run": spec.base, **stats}

@@ -181,7 +181,8 @@ def demo(args) -> int:
         extra = f", reward accuracy {a['reward_accuracy']}" if "reward_accuracy" in a else ""
         print(f"  trial #{r['rank']} {r['trial']:<12s}: {r['method']} on {a['base']} ({data}); loss "
               f"{a['first_loss']} -> {a['final_loss']}{extra}; tasks {r['task_score']:.2f}, compliance "
-              f"{r['format_compliance']:.2f}; merged logits vs adapter {out['merged_model'][r['trial']]['max_logit_diff_vs_adapter']:.1e}")
+              f"{r['format_compliance']:.2f}; merged vs adapter logits "
+              f"{out['merged_model'][r['trial']]['max_logit_diff_vs_adapter']:.1e}")
     last = list(cks)[-1]
     print(f"\n  checkpoint : {cks[last]['uri']}")
     print(f"  HF export  : {out['hf_model'][last]['uri']}  (AutoModelForCausalLM / vLLM)")
@@ -227,6 +228,7 @@ def k8s_cmd(args) -> int:
                                     vllm_generation_job)
 
     from kura.k8s.helm import DeploySettings, helm_values
+    from resources.posttrainer import PostTrainerResource
 
     values = Path(args.values)
     values.write_text("# Rendered by `python -m pipelines.cli k8s` from kura/k8s/helm.py (DeploySettings); edit the "
@@ -239,6 +241,9 @@ def k8s_cmd(args) -> int:
     docs = {"vllm-generation-job.yaml": [vllm_generation_job("kura-synthetic-example", VllmJobConfig(),
                                                              "s3://kura-artifacts/requests/example.json",
                                                              "s3://kura-artifacts/results/example.json")],
+            "posttrain-trial-job.yaml": [PostTrainerResource(backend="kubernetes").job_object(
+                "kura-trial-example", "s3://kura-artifacts/_posttrain/example/job.json",
+                "s3://kura-artifacts/_posttrain/example/result.json")],
             **pretraining_jobs()}
     for name, objs in docs.items():
         for o in objs:

@@ -11,11 +11,11 @@ import pytest
 
 from tests.conftest import TINY_OPS, write_mix
 
-PARTITIONED = ("raw_corpus", "cleaned", "synthetic")
+PARTITIONED = ("raw_corpus", "cleaned", "synthetic", "adapter", "merged_model", "trial_eval")
 PHASED = ("data_mix", "packed_dataset", "checkpoint", "hf_model", "eval_perplexity", "upcycled", "eval_tasks",
-          "eval_judge", "contamination")
+          "eval_judge", "contamination", "model_merge")
 SINGLE = ("deduplicated", "teacher_model", "quality_examples", "quality_classifier", "reference_lm", "tokenizer",
-          "mix_report", "arena", "eval_leaderboard")
+          "mix_report", "arena", "eval_leaderboard", "preference_pairs", "trial_leaderboard")
 RUNS = ("dense_1", "dense_2", "moe_1")
 PHASES = ("web", "instruct")
 
@@ -201,11 +201,12 @@ def test_phase_edit_rebuilds_exactly_that_phase_and_downstream(graph):
                 *(f"{a}/{r}" for a in ("eval_tasks", "eval_judge") for r in ("dense_2", "moe_1")),
                 *(f"contamination/{r}" for r in ("dense_1", "dense_2", "moe_1")),  # they read every phase's mix
                 "arena", "eval_leaderboard"}
-    assert requested == expected
+    post = {"preference_pairs", "adapter", "merged_model", "trial_eval", "trial_leaderboard", "model_merge/sft-average"}
+    assert requested == expected | post, "the trials rebuild too: their base dense_2 is downstream of the edit"
 
     run = defs.resolve_job_def("model_job").execute_in_process(
-        instance=graph.instance, asset_selection=[dg.AssetKey.from_user_string(k) for k in sorted(requested)],
-        run_config={"ops": {k: {"config": v} for k, v in TINY_OPS.items() if k in requested}})
+        instance=graph.instance, asset_selection=[dg.AssetKey.from_user_string(k) for k in sorted(expected)],
+        run_config={"ops": {k: {"config": v} for k, v in TINY_OPS.items() if k.replace("__", "/") in expected}})
     assert run.success
     executed = {e.step_key for e in run.get_step_success_events()}
     assert executed == {k.replace("/", "__") for k in expected}

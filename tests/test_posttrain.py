@@ -1,0 +1,145 @@
+"""Post-training: trial specs and grids, the 4-trial grid on the tiny model (adapters reload exactly, merged
+logits match base+adapter, replay visible in the data manifest, DPO pairs), merges, the trial Job."""
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from kura.train.trials import PostTrainingError, expand, load_post_training
+
+ROOT = Path(__file__).resolve().parents[1]
+TRIALS = ["dpo-beta0.1", "dpo-beta0.5", "sft-r4", "sft-r8"]
+
+
+def test_grid_expands_to_named_trials():
+    trials, merges = load_post_training(ROOT / "pipelines" / "post_training", ["dense_1", "dense_2", "moe_1"])
+    assert sorted(trials) == TRIALS
+    assert trials["sft-r4"].lora.r == 4 and trials["sft-r8"].lora.r == 8 and trials["dpo-beta0.5"].beta == 0.5
+    assert [m.name for m in merges] == ["sft-average"]
+    two = expand({"name": "x", "base": "b", "method": "sft", "grid": {"lora.r": [2, 4], "optim.lr": [1e-3, 1e-4]}},
+                 "f")
+    assert [t for t, _ in two] == ["x-r2-lr0.001", "x-r2-lr0.0001", "x-r4-lr0.001", "x-r4-lr0.0001"]
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({"trials": [{"name": "a", "base": "nope", "method": "sft"}]}, "base 'nope' is not a pretraining run"),
+    ({"trials": [{"name": "a", "base": "dense_1", "method": "ppo"}]}, "method"),
+    ({"trials": [{"name": "a", "base": "dense_1", "method": "sft", "grid": {"lora.rank": [1]}}]}, "rank"),
+    ({"trials": [{"name": "a", "base": "dense_1", "method": "sft"}],
+      "merges": [{"name": "m", "method": "linear", "trials": ["a", "a"], "weights": [0.7, 0.7]}]}, "sum to 1"),
+    ({"trials": [{"name": "a", "base": "dense_1", "method": "sft"}],
+      "merges": [{"name": "m", "method": "task_arithmetic", "trials": ["a", "b"], "weights": [1, 1]}]},
+     "unknown trials"),
+    ({"trails": []}, "unknown keys"),
+])
+def test_bad_post_training_specs_are_refused(tmp_path, doc, message):
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(PostTrainingError, match=message):
+        load_post_training(tmp_path, ["dense_1"])
+
+
+def test_grid_trials_are_partitions_of_the_adapter(graph):
+    job = graph.defs.resolve_job_def("post_training_job")
+    assert job.partitions_def.get_partition_keys() == TRIALS
+    assert set(graph.out["adapter"]) == set(TRIALS) == set(graph.out["trial_eval"])
+    for t in TRIALS:
+        assert graph.instance.get_latest_materialization_event(
+            dg.AssetKey("adapter")) is not None and t in graph.instance.get_materialized_partitions(
+            dg.AssetKey("adapter"))
+
+
+def test_adapters_reload_bit_for_bit_and_describe_themselves(graph):
+    import torch
+    from safetensors.torch import load_file
+
+    from kura.train.lora import load_adapter
+
+    base = Path(graph.out["hf_model"]["dense_2"]["uri"])
+    for t in TRIALS:
+        a = graph.out["adapter"][t]
+        d = Path(a["uri"])
+        assert (d / "adapter" / "adapter_config.json").exists()
+        assert (d / "adapter" / "adapter_model.safetensors").exists()
+        info = json.loads((d / "kura_adapter.json").read_text())
+        assert info["trial"] == t and info["data"]["base_model"] == graph.out["hf_model"]["dense_2"]["version"]
+        saved = load_file(str(d / "adapter" / "adapter_model.safetensors"))
+        model, _ = load_adapter(base, d / "adapter")
+        live = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+        assert len(saved) == len(live) > 0
+        for k, v in saved.items():
+            match = [lk for lk in live if lk.replace(".default", "") == k]
+            assert match and torch.equal(live[match[0]], v), k
+        cfg = json.loads((d / "adapter" / "adapter_config.json").read_text())
+        assert cfg["r"] == info["spec"]["lora"]["r"] and cfg["lora_alpha"] == info["spec"]["lora"]["alpha"]
+
+
+def test_merged_models_match_base_plus_adapter(graph):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kura.train.lora import load_adapter
+
+    base = Path(graph.out["hf_model"]["dense_2"]["uri"])
+    x = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(3))
+    for t in ("sft-r8", "dpo-beta0.1"):
+        assert graph.out["merged_model"][t]["max_logit_diff_vs_adapter"] < 1e-4
+        peft_model, _ = load_adapter(base, Path(graph.out["adapter"][t]["uri"]) / "adapter")
+        merged = AutoModelForCausalLM.from_pretrained(graph.out["merged_model"][t]["uri"], dtype=torch.float32).eval()
+        with torch.no_grad():
+            a, b = peft_model(input_ids=x).logits, merged(input_ids=x).logits
+        assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+        base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+        with torch.no_grad():
+            assert not torch.allclose(base_model(input_ids=x).logits, b, atol=1e-4), "training moved the weights"
+
+
+def test_replay_and_preference_data_are_in_the_manifests(graph):
+    for t in ("sft-r4", "sft-r8"):
+        d = graph.out["adapter"][t]["data"]
+        assert d["replay_requested"] == 0.2 and d["replay_examples"] > 0
+        assert abs(d["replay_share"] - 0.2) < 0.05 and d["replay_source"] == "data_mix/web"
+        assert d["replay_mix_version"] == graph.out["data_mix"]["web"]["version"]
+    pairs = graph.out["preference_pairs"]
+    assert pairs["pairs"] > 0 and pairs["rejected_model"] == graph.out["hf_model"]["dense_2"]["version"]
+    for t in ("dpo-beta0.1", "dpo-beta0.5"):
+        a = graph.out["adapter"][t]
+        assert a["data"]["pairs"] > 0 and a["data"]["data_versions"] == {"preference_pairs": pairs["version"]}
+        assert 0 <= a["reward_accuracy"] <= 1
+
+
+def test_linear_merge_is_the_average_of_the_trials(graph):
+    from safetensors.torch import load_file
+
+    m = graph.out["model_merge"]["sft-average"]
+    assert m["method"] == "linear" and m["tensors_changed"] > 0
+    a = load_file(str(Path(graph.out["merged_model"]["sft-r4"]["uri"]) / "model.safetensors"))
+    b = load_file(str(Path(graph.out["merged_model"]["sft-r8"]["uri"]) / "model.safetensors"))
+    avg = load_file(str(Path(m["uri"]) / "model.safetensors"))
+    k = "model.layers.0.self_attn.q_proj.weight"
+    assert (avg[k] - (a[k] + b[k]) / 2).abs().max() < 1e-6
+
+
+def test_trial_leaderboard_ranks_every_trial(graph):
+    rows = graph.out["trial_leaderboard"]["rows"]
+    assert sorted(r["trial"] for r in rows) == TRIALS and [r["rank"] for r in rows] == [1, 2, 3, 4]
+    scores = [r["task_score"] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    mat = graph.instance.get_latest_materialization_event(dg.AssetKey("trial_leaderboard")).asset_materialization
+    assert "plot" in mat.metadata
+
+
+def test_trial_gpu_job_renders_and_validates():
+    from kura.k8s.manifests import validate
+    from resources.posttrainer import PostTrainerResource
+
+    job = PostTrainerResource(backend="kubernetes", s3_endpoint="http://minio:9000").job_object(
+        "kura-trial-abc", "s3://b/_posttrain/abc/job.json", "s3://b/_posttrain/abc/result.json")
+    validate(job)
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["python", "-m", "kura.train.lora", "s3://b/_posttrain/abc/job.json",
+                            "s3://b/_posttrain/abc/result.json"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"name": "KURA_S3_ENDPOINT", "value": "http://minio:9000"} in c["env"]
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "post-training"
