@@ -177,7 +177,8 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
 
         def build(stage: Path) -> dict:
             info = lora.merge(st.local_dir(base["dir"]), st.local_dir(ad["dir"]) / "adapter", stage)
-            return {**info, "adapter": ad["version"], "base_model": base["version"], "trial": context.partition_key}
+            return {**info, "adapter": ad["version"], "base_model": base["version"], "base_dir": base["dir"],
+                    "trial": context.partition_key}
 
         m, reused = run_versioned(context, st, config={}, upstream={"adapter": ad, "base": base}, build=build)
         return output(m, reused, max_logit_diff_vs_adapter=m["max_logit_diff_vs_adapter"], adapter=m["adapter"])
@@ -268,19 +269,25 @@ def _merge_asset(mg: MergeSpec, trials: dict[str, TrialSpec], parts) -> dg.Asset
 
     @dg.asset(key=dg.AssetKey(["model_merge", mg.name]), group_name="post_training", automation_condition=EAGER,
               ins={"merged": dg.AssetIn("merged_model", partition_mapping=dg.SpecificPartitionsPartitionMapping(
-                  list(mg.trials))), "base": dg.AssetIn(key=hf_key(base_run))},
+                  list(mg.trials)))},
               code_version=source_version(lora, extra=json.dumps(mg.model_dump(), sort_keys=True)),
               description=f"{mg.method} merge of {', '.join(mg.trials)}")
-    def model_merge(context: dg.AssetExecutionContext, storage: StorageResource, merged: dict, base: dict):
+    def model_merge(context: dg.AssetExecutionContext, storage: StorageResource, merged: dict):
+        """Depends on the trials' merged models only (each names its base), so it rebuilds after them, never
+        combining trials of an old base with a new one."""
         st = storage.get()
+        bases = {merged[t]["base_model"] for t in mg.trials}
+        if len(bases) != 1:
+            raise ValueError(f"merge {mg.name}: the trials' merged models have different bases {sorted(bases)} "
+                             "(some are stale: rebuild them first)")
 
         def build(stage: Path) -> dict:
-            info = lora.combine(st.local_dir(base["dir"]), [st.local_dir(merged[t]["dir"]) for t in mg.trials],
-                                mg.weights, stage)
-            return {**info, "method": mg.method, "trials": {t: merged[t]["version"] for t in mg.trials}}
+            base_dir = st.local_dir(merged[mg.trials[0]]["base_dir"])
+            info = lora.combine(base_dir, [st.local_dir(merged[t]["dir"]) for t in mg.trials], mg.weights, stage)
+            return {**info, "method": mg.method, "base_model": bases.pop(), "base_run": base_run,
+                    "trials": {t: merged[t]["version"] for t in mg.trials}}
 
-        m, reused = run_versioned(context, st, config=mg.model_dump(), upstream={"merged": merged, "base": base},
-                                  build=build)
+        m, reused = run_versioned(context, st, config=mg.model_dump(), upstream={"merged": merged}, build=build)
         return output(m, reused, method=m["method"], trials=m["trials"], tensors_changed=m["tensors_changed"])
 
     return model_merge

@@ -136,7 +136,10 @@ def stop_process_group(proc, grace: float = 20) -> None:
     import signal
     import subprocess
 
-    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:  # already gone (it failed to start, or exited)
+        return
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:

@@ -169,12 +169,15 @@ def test_planted_contamination_fails_the_asset_check(graph, tmp_path):
     res = graph.defs.resolve_job_def("model_job").execute_in_process(
         instance=graph.instance, asset_selection=[key], raise_on_error=False,
         run_config={"ops": {"contamination__moe_1": {"config": {"extra": [str(planted)], "block": True}}}})
-    assert res.success
+    assert not res.success, "a failed blocking check with ERROR severity fails the step"
     ev = [e for e in res.get_asset_check_evaluations() if e.check_name == "no_contamination"][0]
     assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR
-    assert "extra/planted" in ev.description and ev.metadata["offending_sources"].value == [doc["source"]]
-    clean = graph.instance.get_latest_materialization_event(key)
-    assert clean is not None
+    assert "extra/planted" in ev.description and doc["source"] in ev.metadata["offending_sources"].value
+    warn = graph.defs.resolve_job_def("model_job").execute_in_process(
+        instance=graph.instance, asset_selection=[key], raise_on_error=False,
+        run_config={"ops": {"contamination__moe_1": {"config": {"extra": [str(planted)]}}}})
+    ev = [e for e in warn.get_asset_check_evaluations() if e.check_name == "no_contamination"][0]
+    assert warn.success and not ev.passed and ev.severity == dg.AssetCheckSeverity.WARN
 
 
 # ------------------------------------------------------------------------------------------ whole graph
@@ -220,14 +223,18 @@ def test_evaluation_data_loads_from_s3(s3_server):
 
 @pytest.mark.slow
 def test_judge_and_candidate_through_real_vllm_servers(graph, tmp_path):
-    """Candidate (dense_1's HF export) and judge (the teacher) each served by vLLM's OpenAI-compatible server
+    """Candidate (dense_2's HF export) and judge (the teacher) each served by vLLM's OpenAI-compatible server
     (CPU build) on 127.0.0.1; the task runner, the multi-turn answers and the grading go over HTTP."""
     from kura.synth.generators import OpenAICompatibleGenerator, SamplingConfig
     from tests.conftest import vllm_openai_server
 
-    with vllm_openai_server(graph.out["hf_model"]["dense_1"]["uri"], "dense_1", tmp_path / "cand", 256) as cand_url, \
+    # the candidate's context is its phase's sequence length (vLLM refuses a longer max_model_len): dense_2, trained
+    # on the instruct phase (128 tokens in the tests' mix)
+    cand_dir = graph.out["hf_model"]["dense_2"]["uri"]
+    ctx = json.loads((Path(cand_dir) / "config.json").read_text())["max_position_embeddings"]
+    with vllm_openai_server(cand_dir, "dense_2", tmp_path / "cand", ctx) as cand_url, \
             vllm_openai_server(graph.out["teacher_model"]["uri"], "judge", tmp_path / "judge", 512) as judge_url:
-        cand = OpenAICompatibleGenerator(cand_url, "dense_1", max_concurrency=4)
+        cand = OpenAICompatibleGenerator(cand_url, "dense_2", max_concurrency=4)
         jg = OpenAICompatibleGenerator(judge_url, "judge", max_concurrency=4)
 
         def gen(prompts):

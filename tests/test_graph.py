@@ -201,8 +201,10 @@ def test_phase_edit_rebuilds_exactly_that_phase_and_downstream(graph):
                 *(f"{a}/{r}" for a in ("eval_tasks", "eval_judge") for r in ("dense_2", "moe_1")),
                 *(f"contamination/{r}" for r in ("dense_1", "dense_2", "moe_1")),  # they read every phase's mix
                 "arena", "eval_leaderboard"}
-    post = {"preference_pairs", "adapter", "merged_model", "trial_eval", "trial_leaderboard", "model_merge/sft-average"}
-    assert requested == expected | post, "the trials rebuild too: their base dense_2 is downstream of the edit"
+    # unpartitioned post-training assets follow in the same tick; the trial partitions (another partitioning) on the
+    # next one, after their base is rebuilt (tests/test_posttrain.py checks a new trial's automation)
+    post = {"preference_pairs"}
+    assert requested == expected | post
 
     run = defs.resolve_job_def("model_job").execute_in_process(
         instance=graph.instance, asset_selection=[dg.AssetKey.from_user_string(k) for k in sorted(expected)],

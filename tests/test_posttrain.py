@@ -17,7 +17,7 @@ def test_grid_expands_to_named_trials():
     trials, merges = load_post_training(ROOT / "pipelines" / "post_training", ["dense_1", "dense_2", "moe_1"])
     assert sorted(trials) == TRIALS
     assert trials["sft-r4"].lora.r == 4 and trials["sft-r8"].lora.r == 8 and trials["dpo-beta0.5"].beta == 0.5
-    assert [m.name for m in merges] == ["sft-average"]
+    assert [m.name for m in merges] == ["sft_average"]
     two = expand({"name": "x", "base": "b", "method": "sft", "grid": {"lora.r": [2, 4], "optim.lr": [1e-3, 1e-4]}},
                  "f")
     assert [t for t, _ in two] == ["x-r2-lr0.001", "x-r2-lr0.0001", "x-r4-lr0.001", "x-r4-lr0.0001"]
@@ -112,7 +112,7 @@ def test_replay_and_preference_data_are_in_the_manifests(graph):
 def test_linear_merge_is_the_average_of_the_trials(graph):
     from safetensors.torch import load_file
 
-    m = graph.out["model_merge"]["sft-average"]
+    m = graph.out["model_merge"]["sft_average"]
     assert m["method"] == "linear" and m["tensors_changed"] > 0
     a = load_file(str(Path(graph.out["merged_model"]["sft-r4"]["uri"]) / "model.safetensors"))
     b = load_file(str(Path(graph.out["merged_model"]["sft-r8"]["uri"]) / "model.safetensors"))
@@ -143,3 +143,32 @@ def test_trial_gpu_job_renders_and_validates():
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert {"name": "KURA_S3_ENDPOINT", "value": "http://minio:9000"} in c["env"]
     assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "post-training"
+
+
+@pytest.mark.slow
+def test_a_new_trial_gets_its_evaluation_automatically(graph, tmp_path, monkeypatch):
+    """Add a trial to the grid → one new adapter partition; after it and its merge are materialized, one tick of
+    declarative automation requests exactly that trial's evaluation (and the leaderboard), nothing else."""
+    import shutil
+
+    from pipelines.definitions import build_definitions
+
+    folder = tmp_path / "post_training"
+    shutil.copytree(ROOT / "pipelines" / "post_training", folder)
+    doc = yaml.safe_load((folder / "demo.yaml").read_text())
+    doc["trials"][0]["grid"]["lora.r"] = [4, 8, 2]
+    (folder / "demo.yaml").write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("KURA_POST_TRAINING_DIR", str(folder))
+    defs = build_definitions()
+    before = dg.evaluate_automation_conditions(defs=defs, instance=graph.instance)
+    job = defs.resolve_job_def("post_training_job")
+    assert "sft-r2" in job.partitions_def.get_partition_keys()
+    run = job.execute_in_process(instance=graph.instance, partition_key="sft-r2",
+                                 asset_selection=[dg.AssetKey("adapter"), dg.AssetKey("merged_model")])
+    assert run.success
+    after = dg.evaluate_automation_conditions(defs=defs, instance=graph.instance, cursor=before.cursor)
+    requested = {(k.to_user_string(), pk) for k in defs.resolve_asset_graph().get_all_asset_keys()
+                 for pk in ([None] if not defs.resolve_asset_graph().get(k).is_partitioned else
+                            after.get_requested_partitions(k)) if after.get_num_requested(k) > 0}
+    assert ("trial_eval", "sft-r2") in requested
+    assert {k for k, _ in requested} <= {"trial_eval", "trial_leaderboard"}, requested

@@ -63,7 +63,7 @@ class TrialSpec(_Strict):
 
 
 class MergeSpec(_Strict):
-    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Asset name: model_merge/<name>.")
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_]*$", description="Asset name: model_merge/<name>.")
     method: Literal["linear", "task_arithmetic"] = Field(..., description="How the trials are combined.")
     trials: list[str] = Field(..., min_length=2, description="Trial ids (after grid expansion).")
     weights: list[float] = Field(..., description="One weight per trial.")
