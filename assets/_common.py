@@ -117,9 +117,6 @@ DOC_SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("text
 
 def bar_chart_md(counts: dict[str, int], title: str) -> dg.MetadataValue:
     """A horizontal bar chart as a markdown image (the UI shows it on the materialization)."""
-    import base64
-    import io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -131,18 +128,11 @@ def bar_chart_md(counts: dict[str, int], title: str) -> dg.MetadataValue:
         ax.text(v, i, f" {v}", va="center", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
+    return png_md(fig, title)
 
 
 def curves_md(curve: list[dict], title: str) -> dg.MetadataValue:
     """Loss and learning-rate curves (two panels, shared step axis) as a markdown image."""
-    import base64
-    import io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -157,6 +147,16 @@ def curves_md(curve: list[dict], title: str) -> dg.MetadataValue:
     b.set_xlabel("step", fontsize=8)
     for ax in (a, b):
         ax.tick_params(labelsize=7)
+    return png_md(fig, title)
+
+
+def png_md(fig, title: str) -> dg.MetadataValue:
+    """A matplotlib figure as an inline markdown image (the UI shows it on the materialization); closes it."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -24,7 +24,7 @@ import kura.eval.arena as arena_mod
 import kura.eval.contamination as contamination_mod
 import kura.eval.judge as judge_mod
 import kura.eval.tasks as tasks_mod
-from assets._common import output, run_versioned, source_version, write_json
+from assets._common import output, png_md, run_versioned, source_version, write_json
 from assets.automation import EAGER
 from assets.mix import mix_key
 from assets.pretrain import ckpt_key, hf_key
@@ -326,19 +326,6 @@ def _table(rows: list[dict], cols: list[str]) -> dg.TableMetadataValue:
                                                                                "string") for c in cols]))
 
 
-def _png_md(fig, title: str) -> dg.MetadataValue:
-    import base64
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
-
-
 def _elo_plot(board: list[dict]) -> dg.MetadataValue:
     import matplotlib
     matplotlib.use("Agg")
@@ -352,7 +339,7 @@ def _elo_plot(board: list[dict]) -> dg.MetadataValue:
     ax.errorbar(elo, range(len(names)), xerr=err, fmt="o", color="#4c72b0", capsize=3)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_xlabel("Elo (Bradley–Terry), 95% bootstrap CI", fontsize=8)
-    return _png_md(fig, "arena")
+    return png_md(fig, "arena")
 
 
 def build_leaderboard(specs: list[RunSpec]) -> dg.AssetsDefinition:
@@ -414,7 +401,7 @@ def _board_plot(rows: list[dict]) -> dg.MetadataValue:
     b.set_xticks(list(x), [r["run"] for r in rows], fontsize=8)
     b.set_title("held-out perplexity", fontsize=9)
     b.legend(fontsize=7)
-    return _png_md(fig, "leaderboard")
+    return png_md(fig, "leaderboard")
 
 
 def build_evaluation_assets(specs: list[RunSpec], phases: list[str], templates: dict) -> list[dg.AssetsDefinition]:

@@ -23,9 +23,9 @@ import kura.eval.perplexity as ppl
 import kura.eval.tasks as tasks_mod
 import kura.train.lora as lora
 import kura.train.trials as trials_mod
-from assets._common import output, run_versioned, source_version, write_json
+from assets._common import output, png_md, run_versioned, source_version, write_json
 from assets.automation import EAGER
-from assets.evaluation import DEFAULT_TASKS, _generate, _png_md, _table, _tmpl, read_text_files
+from assets.evaluation import DEFAULT_TASKS, _generate, _table, _tmpl, read_text_files
 from assets.mix import mix_key, packed_key
 from assets.pretrain import hf_key
 from assets.tokenizer import synthetic_rows
@@ -305,4 +305,4 @@ def _trial_plot(rows: list[dict], metric: str) -> dg.MetadataValue:
     ax.barh(names, vals, color=colors)
     ax.set_xlabel(f"{metric} (blue: SFT, orange: DPO)", fontsize=8)
     ax.tick_params(labelsize=8)
-    return _png_md(fig, "trials")
+    return png_md(fig, "trials")

@@ -14,6 +14,29 @@ from kura.k8s.manifests import VllmJobConfig, vllm_generation_job
 from kura.synth.generators import GenerationResult, Generator, SamplingConfig, VllmGenerator
 
 
+def k8s_client():
+    """dagster-k8s's client with the in-cluster config (a step pod), else the local kubeconfig."""
+    import kubernetes
+    from dagster_k8s.client import DagsterKubernetesClient
+
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return DagsterKubernetesClient.production_client()
+
+
+def create_or_attach(create, namespace: str, obj: dict) -> None:
+    """Create a Kubernetes object; one that exists already (409: a retried step) is kept and waited for."""
+    import kubernetes
+
+    try:
+        create(namespace, obj)
+    except kubernetes.client.ApiException as e:
+        if e.status != 409:
+            raise
+
+
 class KubernetesVllmGenerator(Generator):
     name = "vllm-kubernetes"
 
@@ -63,17 +86,6 @@ class KubernetesVllmGenerator(Generator):
                              env=env, base_pod_spec=spec, pod_wait_timeout=self.timeout_s)
 
     def _run_job(self, name: str, job: dict) -> None:
-        import kubernetes
-        from dagster_k8s.client import DagsterKubernetesClient
-
-        try:
-            kubernetes.config.load_incluster_config()
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()
-        client = DagsterKubernetesClient.production_client()
-        try:
-            client.batch_api.create_namespaced_job(self.job.namespace, job)
-        except kubernetes.client.ApiException as e:
-            if e.status != 409:  # 409: the Job exists already (a retried step): wait for it instead
-                raise
+        client = k8s_client()
+        create_or_attach(client.batch_api.create_namespaced_job, self.job.namespace, job)
         client.wait_for_job_success(name, self.job.namespace, wait_timeout=self.timeout_s)

@@ -43,8 +43,7 @@ class PostTrainerResource(dg.ConfigurableResource):
                               manifest=manifest, progress=progress)
         if self.backend != "kubernetes":
             raise ValueError(f"unknown post-trainer backend {self.backend!r} (local | kubernetes)")
-        import kubernetes
-        from dagster_k8s.client import DagsterKubernetesClient
+        from resources.kubernetes import create_or_attach, k8s_client
 
         job = {"spec": spec.model_dump(), "base_dir": storage.uri(base_rel), "examples": examples,
                "pad_id": pad_id, "manifest": manifest}
@@ -54,18 +53,9 @@ class PostTrainerResource(dg.ConfigurableResource):
         if not storage.exists(f"{rel}/result.json"):
             storage.write_json(f"{rel}/job.json", job)
             name = f"kura-trial-{h[:12]}"
-            try:
-                kubernetes.config.load_incluster_config()
-            except kubernetes.config.ConfigException:
-                kubernetes.config.load_kube_config()
-            client = DagsterKubernetesClient.production_client()
-            try:
-                client.batch_api.create_namespaced_job(
-                    self.namespace, self.job_object(name, storage.uri(f"{rel}/job.json"),
-                                                    storage.uri(f"{rel}/result.json")))
-            except kubernetes.client.ApiException as e:
-                if e.status != 409:
-                    raise
+            client = k8s_client()
+            create_or_attach(client.batch_api.create_namespaced_job, self.namespace,
+                             self.job_object(name, storage.uri(f"{rel}/job.json"), storage.uri(f"{rel}/result.json")))
             client.wait_for_job_success(name, self.namespace, wait_timeout=self.timeout_s)
         shutil.copytree(storage.local_dir(f"{rel}/adapter"), stage / "adapter")
         return json.loads(storage.read_bytes(f"{rel}/result.json"))

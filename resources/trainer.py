@@ -71,11 +71,11 @@ class TrainerResource(dg.ConfigurableResource):
     def _train_k8s(self, context, spec: RunSpec, *, seq_length: int, blend: list, dataset_dvc_path: str,
                    parent: Optional[str]) -> dict:
         import boto3
-        import kubernetes
         from dagster import open_pipes_session
         from dagster._core.pipes.utils import PipesEnvContextInjector
         from dagster_aws.pipes import PipesS3MessageReader
-        from dagster_k8s.client import DagsterKubernetesClient
+
+        from resources.kubernetes import create_or_attach, k8s_client
 
         if not self.pipes_bucket:
             raise ValueError("the kubernetes trainer needs pipes_bucket (S3 bucket for Dagster Pipes messages)")
@@ -85,18 +85,9 @@ class TrainerResource(dg.ConfigurableResource):
             service, job = self.job_objects(spec, seq_length=seq_length, blend=blend,
                                             dataset_dvc_path=dataset_dvc_path, parent=parent,
                                             extra_env=session.get_bootstrap_env_vars())
-            try:
-                kubernetes.config.load_incluster_config()
-            except kubernetes.config.ConfigException:
-                kubernetes.config.load_kube_config()
-            client = DagsterKubernetesClient.production_client()
-            for create, obj in ((client.core_api.create_namespaced_service, service),
-                                (client.batch_api.create_namespaced_job, job)):
-                try:
-                    create(self.namespace, obj)
-                except kubernetes.client.ApiException as e:
-                    if e.status != 409:  # exists: a retried step waits for the running Job
-                        raise
+            client = k8s_client()
+            create_or_attach(client.core_api.create_namespaced_service, self.namespace, service)
+            create_or_attach(client.batch_api.create_namespaced_job, self.namespace, job)
             client.wait_for_job_success(job["metadata"]["name"], self.namespace, wait_timeout=self.timeout_s)
         md = {}
         for ev in session.get_results():
