@@ -115,11 +115,18 @@ def _dataset_class():
         def __len__(self) -> int:
             return max(self.num_samples or 0, len(self.indices))
 
+        def _perm(self, epoch: int) -> np.ndarray:
+            """The epoch's order, computed once per epoch (not per sample: O(sequences) each)."""
+            cache = self.__dict__.setdefault("_perms", {})
+            if epoch not in cache:
+                if len(cache) > 2:
+                    cache.clear()
+                cache[epoch] = np.random.default_rng([self.config.random_seed, epoch]).permutation(len(self.indices))
+            return cache[epoch]
+
         def __getitem__(self, idx: int) -> dict:
-            n = len(self.indices)
-            epoch, pos = divmod(int(idx), n)
-            perm = np.random.default_rng([self.config.random_seed, epoch]).permutation(n)
-            j = int(self.indices[perm[pos]])
+            epoch, pos = divmod(int(idx), len(self.indices))
+            j = int(self.indices[self._perm(epoch)[pos]])
             toks, masks = self.dataset
             seq = np.asarray(toks[j], dtype=np.int64)
             m = np.asarray(masks[j], dtype=np.float32) if masks is not None else np.ones(len(seq), np.float32)
