@@ -19,13 +19,16 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import kura.eval.contamination as contamination_mod
+import kura.eval.judge as judge_mod
 import kura.eval.perplexity as ppl
 import kura.eval.tasks as tasks_mod
 import kura.train.lora as lora
 import kura.train.trials as trials_mod
 from assets._common import output, png_md, run_versioned, source_version, write_json
 from assets.automation import EAGER
-from assets.evaluation import DEFAULT_TASKS, _generate, _table, _tmpl, read_text_files
+from assets.evaluation import (DEFAULT_QUESTIONS, DEFAULT_TASKS, _generate, _judge_call, _table, _tmpl,
+                               read_text_files)
 from assets.mix import mix_key, packed_key
 from assets.pretrain import hf_key
 from assets.tokenizer import synthetic_rows
@@ -65,7 +68,13 @@ class TrialEvalConfig(dg.Config):
     max_docs: int = 200
     """Held-out documents per language and phase for perplexity."""
     max_tokens: int = 24
-    """Answer length limit for the tasks."""
+    """Answer length limit for the tasks and the judge questions."""
+    questions: str = DEFAULT_QUESTIONS
+    """MT-Bench-style questions the judge grades the trial on."""
+    judge_max_tokens: int = 96
+    """Judge reply length limit."""
+    max_retries: int = 1
+    """Re-asks for a judge reply without a grade."""
 
 
 class LeaderboardConfig(dg.Config):
@@ -169,7 +178,8 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
     mins.update({f"base_{b}": dg.AssetIn(key=hf_key(b)) for b in bases})
 
     @dg.asset(name="merged_model", group_name="post_training", partitions_def=parts, automation_condition=EAGER,
-              ins=mins, code_version=source_version(lora), description="base + adapter merged (merge_and_unload)")
+              ins=mins, code_version=source_version(lora, extra="manifest names base_dir"),
+              description="base + adapter merged (merge_and_unload)")
     def merged_model(context: dg.AssetExecutionContext, storage: StorageResource, **inputs) -> dg.Output:
         st = storage.get()
         spec = trials[context.partition_key]
@@ -188,18 +198,26 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
     for mg in merges:
         out.append(_merge_asset(mg, trials, parts))
 
-    eins = {"model": dg.AssetIn("merged_model")}
+    eins = {"model": dg.AssetIn("merged_model"), "judge_model": dg.AssetIn("teacher_model"),
+            "synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())}
     eins.update({f"packed_{p}": dg.AssetIn(key=packed_key(p)) for p in phases})
+    eins.update({f"contamination_{b}": dg.AssetIn(key=dg.AssetKey(["contamination", b])) for b in bases})
+    if dpo_bases:
+        eins["pairs"] = dg.AssetIn("preference_pairs")
 
     @dg.asset(name="trial_eval", group_name="post_training", partitions_def=parts, automation_condition=EAGER,
-              ins=eins, code_version=source_version(tasks_mod, ppl),
-              description="Every trial's tasks (score, format compliance) and held-out perplexity")
+              ins=eins, code_version=source_version(tasks_mod, ppl, judge_mod, contamination_mod),
+              description="Every trial's tasks (score, format compliance), held-out perplexity, judge grades and "
+                          "contamination (its base's, plus its own fine-tuning data)")
     def trial_eval(context: dg.AssetExecutionContext, config: TrialEvalConfig, storage: StorageResource,
-                   candidates: GeneratorResource, **inputs) -> dg.Output:
+                   candidates: GeneratorResource, judge: GeneratorResource, **inputs) -> dg.Output:
         st = storage.get()
         spec = trials[context.partition_key]
         files = read_text_files(storage, config.tasks, ".jsonl")
+        (qfile, qtext), = read_text_files(storage, config.questions, ".jsonl").items()
+        questions = judge_mod.load_questions(qtext, config.questions)
         model = inputs["model"]
+        data = inputs["pairs"] if spec.method == "dpo" else inputs["synthetic"]
 
         def build(stage: Path) -> dict:
             d = st.local_dir(model["dir"])
@@ -211,18 +229,33 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
             p = {ph: ppl.evaluate_heldout(lm, st.local_dir(inputs[f"packed_{ph}"]["dir"]),
                                           cfg["max_position_embeddings"], cfg["vocab_size"], config.max_docs)
                  for ph in phases}
+            tmpl = _tmpl(templates, spec.chat_template)
+            answers = judge_mod.answer_questions(questions, _generate(gen, config.max_tokens), *tmpl)
+            graded = judge_mod.grade(questions, answers, _judge_call(judge.build_for(st, inputs["judge_model"]["dir"]),
+                                                                     config.judge_max_tokens), tmpl, config.max_retries)
             res = {"trial": context.partition_key, "method": spec.method, "tasks": t["tasks"],
-                   "overall": t["overall"], "perplexity": p, "model": model["version"]}
+                   "overall": t["overall"], "perplexity": p, "model": model["version"],
+                   "judge": {k: v for k, v in graded.items() if k != "records"},
+                   "judge_model": inputs["judge_model"]["version"],
+                   "contamination": _trial_contamination(st, spec, files, questions, Path(qfile).stem, data,
+                                                         inputs[f"contamination_{spec.base}"])}
             write_json(stage / "trial_eval.json", res)
+            with open(stage / "judge_grades.jsonl", "w", encoding="utf-8") as f:
+                for r in graded["records"]:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
             return res
 
-        m, reused = run_versioned(context, st, config=config, upstream={"model": model, "tasks": stable_hash(files),
-                                                                        **{k: v for k, v in inputs.items()}},
-                                  build=build)
+        upstream = {"model": model, "tasks": stable_hash(files), "questions": stable_hash(qtext),
+                    "judge_model": inputs["judge_model"], "data": data,
+                    "base_contamination": inputs[f"contamination_{spec.base}"],
+                    **{k: v for k, v in inputs.items() if k.startswith("packed_")}}
+        m, reused = run_versioned(context, st, config=config, upstream=upstream, build=build)
         md = {f"perplexity_{ph}_{lang}": v["perplexity"] for ph, langs in m["perplexity"].items()
               for lang, v in langs.items()}
         return output(m, reused, task_score=m["overall"]["score"],
-                      format_compliance=m["overall"]["format_compliance"], **md)
+                      format_compliance=m["overall"]["format_compliance"], judge_score=m["judge"]["mean_score"],
+                      judge_parse_failures=m["judge"]["parse_failures"],
+                      contaminated_items=m["contamination"]["contaminated_items"], **md)
 
     out.append(trial_eval)
 
@@ -238,7 +271,9 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
             a = adapters.get(tid, {})
             row = {"trial": tid, "method": e["method"], "lora_r": trials[tid].lora.r, "lr": trials[tid].optim.lr,
                    "replay": trials[tid].replay_fraction, "task_score": e["overall"]["score"],
-                   "format_compliance": e["overall"]["format_compliance"], "final_loss": a.get("final_loss")}
+                   "format_compliance": e["overall"]["format_compliance"], "final_loss": a.get("final_loss"),
+                   "judge_score": e["judge"]["mean_score"],
+                   "contaminated_items": e["contamination"]["contaminated_items"]}
             for ph, langs in e["perplexity"].items():
                 for lang, v in langs.items():
                     row[f"ppl_{ph}_{lang}"] = v["perplexity"]
@@ -262,6 +297,30 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
 
     out.append(trial_leaderboard)
     return out
+
+
+def _trial_contamination(st, spec: TrialSpec, files: dict, questions, qname: str, data: dict,
+                         base_report: dict) -> dict:
+    """The base run's contamination (its whole pretraining lineage) plus a check of the trial's own fine-tuning
+    data (synthetic conversations for SFT, preference pairs for DPO)."""
+    items = {f"tasks/{name}": [(f"{name}:{it.index}", it.text()) for it in its]
+             for name, its in tasks_mod.load_task_dir(files).items()}
+    items[f"judge/{qname}"] = [(q.qid, "\n".join(q.turns)) for q in questions]
+    if spec.method == "dpo":
+        rows = pq.read_table(st.local_dir(data["dir"]) / "pairs.parquet").to_pylist()
+        docs = (("preference_pairs", r["doc_id"], f"{r['prompt']}\n{r['chosen']}\n{r['rejected']}") for r in rows)
+    else:
+        docs = ((f"synthetic[{k}]", str(i), "\n".join(t["content"] for t in c))
+                for k, m in sorted(data.items()) for i, c in enumerate(_conversations(synthetic_rows(st, {k: m}))))
+    own = contamination_mod.check(items, docs, base_report["ngram"], base_report["min_hits"])
+    merged = {}
+    for name, v in own["eval_sets"].items():
+        b = base_report["eval_sets"].get(name, {"contaminated": 0, "sources": [], "examples": []})
+        merged[name] = {"fine_tuning_contaminated": v["contaminated"], "base_contaminated": b["contaminated"],
+                        "sources": sorted(set(v["sources"]) | set(b["sources"]))}
+    return {"eval_sets": merged, "contaminated_items": sum(v["fine_tuning_contaminated"] + v["base_contaminated"]
+                                                           for v in merged.values()),
+            "fine_tuning_documents": own["training_documents"]}
 
 
 def _merge_asset(mg: MergeSpec, trials: dict[str, TrialSpec], parts) -> dg.AssetsDefinition:

@@ -130,6 +130,25 @@ def test_trial_leaderboard_ranks_every_trial(graph):
     assert "plot" in mat.metadata
 
 
+def test_every_trial_is_judged_and_checked_for_contamination(graph):
+    st = graph.defs.resources["storage"].get()
+    for tid in TRIALS:
+        e = graph.out["trial_eval"][tid]
+        j = e["judge"]
+        assert e["judge_model"] == graph.out["teacher_model"]["version"]
+        grades = [json.loads(x) for x in (st.local_dir(e["dir"]) / "judge_grades.jsonl").read_text("utf-8").split("\n")
+                  if x]
+        # one grade record per (question, turn), each with the judge's rationale kept; unparsed ones are counted
+        assert j["graded"] + j["parse_failures"] == len(grades) > 0, j
+        assert all("rationale" in g and "question_id" in g for g in grades)
+        c = e["contamination"]
+        # the trial's own fine-tuning data was scanned, not only its base's pretraining lineage
+        assert c["fine_tuning_documents"] > 0
+        assert {"tasks/ja_choice", "judge/mt_bench_ja"} <= set(c["eval_sets"]), c["eval_sets"].keys()
+    rows = graph.out["trial_leaderboard"]["rows"]
+    assert all("judge_score" in r and "contaminated_items" in r for r in rows)
+
+
 def test_trial_gpu_job_renders_and_validates():
     from kura.k8s.manifests import validate
     from resources.posttrainer import PostTrainerResource
