@@ -71,6 +71,11 @@ def _judge_call(gen, max_tokens: int):
     return call
 
 
+def _judge_force(gen, enabled: bool):
+    """The judge's constrained choice for replies that never parsed (None: leave them ungraded)."""
+    return gen.choose if enabled else None
+
+
 class TasksConfig(dg.Config):
     tasks: str = DEFAULT_TASKS
     """Folder (or s3:// prefix) of task JSONL files."""
@@ -93,6 +98,9 @@ class JudgeConfig(dg.Config):
     """Judge reply length limit (rationale + [[N]])."""
     max_retries: int = 2
     """Re-asks for a judge reply without a parsable grade."""
+    force_grade: bool = True
+    """After the re-asks, take the grade by constrained decoding after the judge's own reply (counted as `forced`)
+    instead of leaving the answer ungraded."""
 
 
 class ContaminationConfig(dg.Config):
@@ -119,6 +127,9 @@ class ArenaConfig(dg.Config):
     """Judge reply length limit."""
     max_retries: int = 1
     """Re-asks for a verdict that did not parse."""
+    force_verdict: bool = True
+    """After the re-asks, take the verdict by constrained decoding ([[A]]/[[B]]/[[C]]) after the judge's own reply;
+    such votes are marked `forced`."""
     bootstrap: int = 200
     """Bootstrap resamples for the confidence intervals."""
 
@@ -186,7 +197,7 @@ def build_eval_judge(spec: RunSpec, templates: dict) -> dg.AssetsDefinition:
             answers = judge_mod.answer_questions(questions, _generate(cand, config.max_tokens), *tmpl)
             jgen = judge.build_for(st, judge_model["dir"])
             res = judge_mod.grade(questions, answers, _judge_call(jgen, config.judge_max_tokens), tmpl,
-                                  config.max_retries)
+                                  config.max_retries, _judge_force(jgen, config.force_grade))
             write_json(stage / "answers.json", answers)
             with open(stage / "grades.jsonl", "w", encoding="utf-8") as f:
                 for r in res["records"]:
@@ -199,7 +210,8 @@ def build_eval_judge(spec: RunSpec, templates: dict) -> dg.AssetsDefinition:
         upstream = {"model": model, "judge_model": judge_model, "questions": stable_hash(qtext)}
         m, reused = run_versioned(context, st, config=config, upstream=upstream, build=build)
         return output(m, reused, mean_score=m["mean_score"], per_category=m["per_category"], graded=m["graded"],
-                      parse_failures=m["parse_failures"], retries=m["retries"],
+                      ungraded=m["ungraded"], parse_failures=m["parse_failures"], forced=m["forced"],
+                      retries=m["retries"],
                       judge_prompt_version=m["judge_prompt_version"], judge_model=m["judge_model"])
 
     return eval_judge
@@ -295,7 +307,8 @@ def build_arena(specs: list[RunSpec], templates: dict) -> dg.AssetsDefinition:
         def build(stage: Path) -> dict:
             jgen = judge.build_for(st, inputs["judge_model"]["dir"])
             votes = judge_mod.pairwise(questions, answers, _judge_call(jgen, config.judge_max_tokens),
-                                       _tmpl(templates, config.chat_template), config.max_retries)
+                                       _tmpl(templates, config.chat_template), config.max_retries,
+                                       _judge_force(jgen, config.force_verdict))
             allv = votes + human
             res = arena_mod.ratings(allv, runs, config.bootstrap)
             with open(stage / "votes.jsonl", "w", encoding="utf-8") as f:
@@ -304,7 +317,8 @@ def build_arena(specs: list[RunSpec], templates: dict) -> dg.AssetsDefinition:
             res.update(judge_votes=len(votes), human_votes=len(human), judge_model=inputs["judge_model"]["version"],
                        judge_prompt_version=judge_mod.JUDGE_PROMPT_VERSION,
                        asked=len(questions) * len(runs) * (len(runs) - 1),
-                       ties=sum(v["winner"] == "tie" for v in allv))
+                       ties=sum(v["winner"] == "tie" for v in allv),
+                       forced_votes=sum(bool(v.get("forced")) for v in votes))
             write_json(stage / "ratings.json", res)
             return res
 
@@ -312,6 +326,7 @@ def build_arena(specs: list[RunSpec], templates: dict) -> dg.AssetsDefinition:
         m, reused = run_versioned(context, st, config=config, upstream=upstream, build=build)
         return output(m, reused, leaderboard=_table(m["leaderboard"], ["model", "elo", "ci_low", "ci_high", "games"]),
                       judge_votes=m["judge_votes"], human_votes=m["human_votes"], ties=m["ties"],
+                      forced_votes=m["forced_votes"],
                       elo_plot=_elo_plot(m["leaderboard"]))
 
     return arena
@@ -366,7 +381,7 @@ def build_leaderboard(specs: list[RunSpec]) -> dg.AssetsDefinition:
             c = inputs[f"contamination__{r}"]["eval_sets"]
             row.update(task_score=t["score"], format_compliance=t["format_compliance"],
                        lenient_score=t["lenient_score"],
-                       judge_score=j["mean_score"], judge_parse_failures=j["parse_failures"],
+                       judge_score=j["mean_score"], judge_parse_failures=j["parse_failures"], judge_forced=j["forced"],
                        elo=elo.get(r, {}).get("elo"), contaminated_items=sum(v["contaminated"] for v in c.values()))
             rows.append(row)
 

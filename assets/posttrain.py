@@ -27,8 +27,8 @@ import kura.train.lora as lora
 import kura.train.trials as trials_mod
 from assets._common import output, png_md, run_versioned, source_version, write_json
 from assets.automation import EAGER
-from assets.evaluation import (DEFAULT_QUESTIONS, DEFAULT_TASKS, _generate, _judge_call, _table, _tmpl,
-                               read_text_files)
+from assets.evaluation import (DEFAULT_QUESTIONS, DEFAULT_TASKS, _generate, _judge_call, _judge_force, _table,
+                               _tmpl, read_text_files)
 from assets.mix import mix_key, packed_key
 from assets.pretrain import hf_key
 from assets.tokenizer import synthetic_rows
@@ -75,6 +75,8 @@ class TrialEvalConfig(dg.Config):
     """Judge reply length limit."""
     max_retries: int = 1
     """Re-asks for a judge reply without a grade."""
+    force_grade: bool = True
+    """After the re-asks, take the grade by constrained decoding after the judge's reply (counted as `forced`)."""
 
 
 class LeaderboardConfig(dg.Config):
@@ -133,7 +135,8 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
         ins["pairs"] = dg.AssetIn("preference_pairs")
 
     @dg.asset(name="adapter", group_name="post_training", partitions_def=parts, automation_condition=EAGER, ins=ins,
-              code_version=source_version(lora, trials_mod), description="LoRA adapter of one trial (PEFT format)")
+              code_version=source_version(lora, trials_mod, extra="training_texts.jsonl"),
+              description="LoRA adapter of one trial (PEFT format) with the texts it was trained on")
     def adapter(context: dg.AssetExecutionContext, storage: StorageResource, post_trainer: PostTrainerResource,
                 **inputs) -> dg.Output:
         st = storage.get()
@@ -160,6 +163,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
                        data_versions=({"preference_pairs": inputs["pairs"]["version"]} if spec.method == "dpo" else
                                       {f"synthetic[{k}]": v["version"]
                                        for k, v in sorted(inputs["synthetic"].items())}))
+            _write_training_texts(stage / "training_texts.jsonl", examples, tok)
             stats = post_trainer.train(context, st, spec, base["dir"], stage, examples=examples, pad_id=pad,
                                        manifest=man)
             info = {"trial": tid, "spec": spec.model_dump(), "base_run": spec.base, **stats}
@@ -199,11 +203,9 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
         out.append(_merge_asset(mg, trials, parts))
 
     eins = {"model": dg.AssetIn("merged_model"), "judge_model": dg.AssetIn("teacher_model"),
-            "synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())}
+            "adapter": dg.AssetIn("adapter")}
     eins.update({f"packed_{p}": dg.AssetIn(key=packed_key(p)) for p in phases})
     eins.update({f"contamination_{b}": dg.AssetIn(key=dg.AssetKey(["contamination", b])) for b in bases})
-    if dpo_bases:
-        eins["pairs"] = dg.AssetIn("preference_pairs")
 
     @dg.asset(name="trial_eval", group_name="post_training", partitions_def=parts, automation_condition=EAGER,
               ins=eins, code_version=source_version(tasks_mod, ppl, judge_mod, contamination_mod),
@@ -217,7 +219,6 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
         (qfile, qtext), = read_text_files(storage, config.questions, ".jsonl").items()
         questions = judge_mod.load_questions(qtext, config.questions)
         model = inputs["model"]
-        data = inputs["pairs"] if spec.method == "dpo" else inputs["synthetic"]
 
         def build(stage: Path) -> dict:
             d = st.local_dir(model["dir"])
@@ -231,13 +232,14 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
                  for ph in phases}
             tmpl = _tmpl(templates, spec.chat_template)
             answers = judge_mod.answer_questions(questions, _generate(gen, config.max_tokens), *tmpl)
-            graded = judge_mod.grade(questions, answers, _judge_call(judge.build_for(st, inputs["judge_model"]["dir"]),
-                                                                     config.judge_max_tokens), tmpl, config.max_retries)
+            jgen = judge.build_for(st, inputs["judge_model"]["dir"])
+            graded = judge_mod.grade(questions, answers, _judge_call(jgen, config.judge_max_tokens), tmpl,
+                                     config.max_retries, _judge_force(jgen, config.force_grade))
             res = {"trial": context.partition_key, "method": spec.method, "tasks": t["tasks"],
                    "overall": t["overall"], "perplexity": p, "model": model["version"],
                    "judge": {k: v for k, v in graded.items() if k != "records"},
                    "judge_model": inputs["judge_model"]["version"],
-                   "contamination": _trial_contamination(st, spec, files, questions, Path(qfile).stem, data,
+                   "contamination": _trial_contamination(st, files, questions, Path(qfile).stem, inputs["adapter"],
                                                          inputs[f"contamination_{spec.base}"])}
             write_json(stage / "trial_eval.json", res)
             with open(stage / "judge_grades.jsonl", "w", encoding="utf-8") as f:
@@ -246,7 +248,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
             return res
 
         upstream = {"model": model, "tasks": stable_hash(files), "questions": stable_hash(qtext),
-                    "judge_model": inputs["judge_model"], "data": data,
+                    "judge_model": inputs["judge_model"], "adapter": inputs["adapter"],
                     "base_contamination": inputs[f"contamination_{spec.base}"],
                     **{k: v for k, v in inputs.items() if k.startswith("packed_")}}
         m, reused = run_versioned(context, st, config=config, upstream=upstream, build=build)
@@ -254,7 +256,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
               for lang, v in langs.items()}
         return output(m, reused, task_score=m["overall"]["score"],
                       format_compliance=m["overall"]["format_compliance"], judge_score=m["judge"]["mean_score"],
-                      judge_parse_failures=m["judge"]["parse_failures"],
+                      judge_parse_failures=m["judge"]["parse_failures"], judge_forced=m["judge"]["forced"],
                       contaminated_items=m["contamination"]["contaminated_items"], **md)
 
     out.append(trial_eval)
@@ -299,19 +301,30 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
     return out
 
 
-def _trial_contamination(st, spec: TrialSpec, files: dict, questions, qname: str, data: dict,
-                         base_report: dict) -> dict:
-    """The base run's contamination (its whole pretraining lineage) plus a check of the trial's own fine-tuning
-    data (synthetic conversations for SFT, preference pairs for DPO)."""
+def _write_training_texts(path: Path, examples: list[tuple], tok) -> None:
+    """What the trial trained on, as text (decoded from the very token ids, after truncation): SFT conversations,
+    replay documents (labels = inputs, nothing masked), DPO chosen/rejected pairs. The contamination check of the
+    trial reads it; it is also the trial's data for anyone reproducing it."""
+    with open(path, "w", encoding="utf-8") as f:
+        for i, ex in enumerate(examples):
+            if len(ex) == 4:
+                rows = [("dpo_chosen", ex[0]), ("dpo_rejected", ex[2])]
+            else:
+                rows = [("replay" if list(ex[1]) == list(ex[0]) else "conversation", ex[0])]
+            for kind, ids in rows:
+                f.write(json.dumps({"example": i, "kind": kind, "text": tok.decode(ids, skip_special_tokens=True)},
+                                   ensure_ascii=False) + "\n")
+
+
+def _trial_contamination(st, files: dict, questions, qname: str, adapter: dict, base_report: dict) -> dict:
+    """The base run's contamination (its whole pretraining lineage) plus a check of the texts the trial itself was
+    fine-tuned on (its adapter's training_texts.jsonl: conversations and replay for SFT, pairs for DPO)."""
     items = {f"tasks/{name}": [(f"{name}:{it.index}", it.text()) for it in its]
              for name, its in tasks_mod.load_task_dir(files).items()}
     items[f"judge/{qname}"] = [(q.qid, "\n".join(q.turns)) for q in questions]
-    if spec.method == "dpo":
-        rows = pq.read_table(st.local_dir(data["dir"]) / "pairs.parquet").to_pylist()
-        docs = (("preference_pairs", r["doc_id"], f"{r['prompt']}\n{r['chosen']}\n{r['rejected']}") for r in rows)
-    else:
-        docs = ((f"synthetic[{k}]", str(i), "\n".join(t["content"] for t in c))
-                for k, m in sorted(data.items()) for i, c in enumerate(_conversations(synthetic_rows(st, {k: m}))))
+    with open(st.local_dir(adapter["dir"]) / "training_texts.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    docs = ((f"adapter/{adapter['trial']}:{r['kind']}", str(r["example"]), r["text"]) for r in rows)
     own = contamination_mod.check(items, docs, base_report["ngram"], base_report["min_hits"])
     merged = {}
     for name, v in own["eval_sets"].items():

@@ -168,11 +168,13 @@ def demo(args) -> int:
         t, j = out["eval_tasks"][run]["overall"], out["eval_judge"][run]
         c = sum(v["contaminated"] for v in out["contamination"][run]["eval_sets"].values())
         print(f"  evals [{run}]: tasks {t['score']:.2f} (format compliance {t['format_compliance']:.2f}, lenient "
-              f"{t['lenient_score']:.2f}); judge {j['mean_score']} on {j['graded']}/{j['graded'] + j['parse_failures']}"
-              f" graded ({j['retries']} re-asks); contaminated eval items {c}")
+              f"{t['lenient_score']:.2f}); judge {j['mean_score']} on {j['graded']}/{j['graded'] + j['ungraded']}"
+              f" graded ({j['parse_failures']} unparsed after {j['retries']} re-asks, {j['forced']} forced); "
+              f"contaminated eval items {c}")
     board = ", ".join(f"{r['model']} {r['elo']:.0f} [{r['ci_low']:.0f}, {r['ci_high']:.0f}]"
                       for r in out["arena"]["leaderboard"])
-    print(f"  arena (Bradley–Terry Elo, {out['arena']['judge_votes']} judge votes): {board}")
+    print(f"  arena (Bradley–Terry Elo, {out['arena']['judge_votes']} judge votes, {out['arena']['forced_votes']} "
+          f"forced, {out['arena']['ties']} ties): {board}")
     for r in out.get("trial_leaderboard", {}).get("rows", []):
         a = out["adapter"][r["trial"]]
         d = a["data"]

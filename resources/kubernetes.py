@@ -56,7 +56,14 @@ class KubernetesVllmGenerator(Generator):
         return vllm_generation_job(name, self.job, self.storage.uri(req_rel), self.storage.uri(out_rel))
 
     def generate(self, prompts: list[str], sampling: SamplingConfig) -> GenerationResult:
-        request = {**self.local.request(prompts, sampling), "gpu_memory_utilization": 0.9}
+        return self.submit(self.local.request(prompts, sampling))
+
+    def choose(self, prompts: list[str], choices: list[str]) -> list[str]:
+        n = max(len(c) for c in choices)
+        return self.submit(self.local.request(prompts, SamplingConfig(max_tokens=n + 2), choices)).completions
+
+    def submit(self, request: dict) -> GenerationResult:
+        request = {**request, "gpu_memory_utilization": 0.9}
         name, req_rel, out_rel = self.paths(request)
         if not self.storage.exists(out_rel):
             self.storage.write_json(req_rel, request)

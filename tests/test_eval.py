@@ -102,12 +102,39 @@ def test_pairwise_counts_disagreeing_orders_as_ties():
         return ["[[A]]"] * len(prompts)  # always picks the first answer shown
 
     votes = judge.pairwise(qs, answers, position_biased, PLAIN)
-    assert votes == [{"model_a": "m1", "model_b": "m2", "question_id": "q1", "winner": "tie", "source": "judge"}]
+    assert votes == [{"model_a": "m1", "model_b": "m2", "question_id": "q1", "winner": "tie", "source": "judge",
+                      "forced": False}]
 
     def fair(prompts, attempt):
         return ["[[A]]" if p.index("long good") < p.index("bad\n") else "[[B]]" for p in prompts]
 
     assert judge.pairwise(qs, answers, fair, PLAIN)[0]["winner"] == "a"
+
+
+def test_a_judge_that_never_follows_the_format_is_forced_and_counted():
+    qs = [judge.Question("q1", "math", ["1+1?"]), judge.Question("q2", "writing", ["a poem"])]
+    answers = {"q1": ["2"], "q2": ["roses"]}
+    forced_prompts = []
+
+    def rambling(prompts, attempt):
+        return [f"this answer is fine (attempt {attempt})"] * len(prompts)
+
+    def force(prompts, choices):  # a scripted constrained decoder: always the 7th choice
+        forced_prompts.extend(prompts)
+        return [choices[6]] * len(prompts)
+
+    plain = judge.grade(qs, answers, rambling, PLAIN, max_retries=1)
+    assert plain["graded"] == 0 and plain["ungraded"] == plain["parse_failures"] == 2 and plain["forced"] == 0
+    res = judge.grade(qs, answers, rambling, PLAIN, max_retries=1, force=force)
+    assert res["graded"] == 2 and res["ungraded"] == 0 and res["forced"] == res["parse_failures"] == 2
+    assert res["mean_score"] == 7.0 and res["retries"] == 2
+    # the grade follows the judge's own (last) reply, as its rationale
+    assert all(p.endswith("this answer is fine (attempt 1)\n" + judge.SCORE_PREFIX) for p in forced_prompts)
+    assert all(r["forced"] and r["rationale"] == "this answer is fine (attempt 1)" for r in res["records"])
+
+    two = {"m1": {"q1": ["2"], "q2": ["roses"]}, "m2": {"q1": ["3"], "q2": ["x"]}}
+    votes = judge.pairwise(qs, two, rambling, PLAIN, force=lambda ps, cs: [cs[0]] * len(ps))
+    assert len(votes) == 2 and all(v["forced"] and v["winner"] == "tie" for v in votes), votes
 
 
 # ----------------------------------------------------------------------------------------------- arena
@@ -189,7 +216,9 @@ def test_every_run_has_all_evaluations_and_a_leaderboard(graph):
         assert set(t["tasks"]) == {"ja_choice", "arithmetic", "ja_reading"}
         assert 0 <= t["overall"]["score"] <= t["overall"]["lenient_score"] <= 1
         j = graph.out["eval_judge"][r]
-        assert j["graded"] + j["parse_failures"] == 12, "6 questions × 2 turns, every one accounted for"
+        assert j["graded"] + j["ungraded"] == 12, "6 questions × 2 turns, every one accounted for"
+        # the tiny teacher never writes [[N]]: its grades are forced (constrained choice), and say so
+        assert j["ungraded"] == 0 and j["forced"] <= j["parse_failures"]
         assert j["judge_model"] == graph.out["teacher_model"]["version"]
         assert j["judge_prompt_version"] == judge.JUDGE_PROMPT_VERSION
         assert graph.out["contamination"][r]["training_documents"] > 100
@@ -198,6 +227,7 @@ def test_every_run_has_all_evaluations_and_a_leaderboard(graph):
     assert graph.out["contamination"]["dense_1"]["phases"] == ["web"]
     a = graph.out["arena"]
     assert {r["model"] for r in a["leaderboard"]} == set(runs) and a["asked"] == 6 * 3 * 2
+    assert a["judge_votes"] == 6 * 3, "one vote per question and pair once verdicts can be forced"
     board = graph.out["eval_leaderboard"]["rows"]
     assert [r["run"] for r in board] == list(runs) and all("ppl_web_ja" in r and "elo" in r for r in board)
     mat = graph.instance.get_latest_materialization_event(dg.AssetKey("eval_leaderboard")).asset_materialization
@@ -249,8 +279,9 @@ def test_judge_and_candidate_through_real_vllm_servers(graph, tmp_path):
         qs = judge.load_questions((ROOT / "pipelines" / "evals" / "mt_bench_ja.jsonl").read_text(), "q")[:2]
         answers = judge.answer_questions(qs, gen, *PLAIN)
         assert all(len(a) == 2 for a in answers.values())
-        res = judge.grade(qs, answers, judge_call, PLAIN, max_retries=1)
-        assert res["graded"] + res["parse_failures"] == 4
+        res = judge.grade(qs, answers, judge_call, PLAIN, max_retries=1, force=jg.choose)
+        assert res["graded"] == 4 and res["ungraded"] == 0, "forced through vLLM's guided choice over HTTP"
+        assert res["forced"] == sum(r["parse_failed"] for r in res["records"])
         assert all(r["rationale"] is not None and 1 <= r["attempts"] <= 2 for r in res["records"])
         assert res["retries"] == res["parse_failures"] + sum(1 for r in res["records"] if r["attempts"] == 2
                                                               and not r["parse_failed"]), "every failure re-asked"

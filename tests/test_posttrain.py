@@ -139,11 +139,19 @@ def test_every_trial_is_judged_and_checked_for_contamination(graph):
         grades = [json.loads(x) for x in (st.local_dir(e["dir"]) / "judge_grades.jsonl").read_text("utf-8").split("\n")
                   if x]
         # one grade record per (question, turn), each with the judge's rationale kept; unparsed ones are counted
-        assert j["graded"] + j["parse_failures"] == len(grades) > 0, j
+        assert j["graded"] + j["ungraded"] == len(grades) > 0, j
         assert all("rationale" in g and "question_id" in g for g in grades)
         c = e["contamination"]
         # the trial's own fine-tuning data was scanned, not only its base's pretraining lineage
-        assert c["fine_tuning_documents"] > 0
+        a = graph.out["adapter"][tid]
+        texts = [json.loads(x) for x in (st.local_dir(a["dir"]) / "training_texts.jsonl").read_text("utf-8").split("\n")
+                 if x]
+        kinds = {k: sum(r["kind"] == k for r in texts) for k in {r["kind"] for r in texts}}
+        if tid.startswith("sft"):
+            assert kinds == {"conversation": a["data"]["sft_examples"], "replay": a["data"]["replay_examples"]}
+        else:
+            assert kinds == {"dpo_chosen": a["data"]["pairs"], "dpo_rejected": a["data"]["pairs"]}
+        assert c["fine_tuning_documents"] == len(texts) > 0
         assert {"tasks/ja_choice", "judge/mt_bench_ja"} <= set(c["eval_sets"]), c["eval_sets"].keys()
     rows = graph.out["trial_leaderboard"]["rows"]
     assert all("judge_score" in r and "contaminated_items" in r for r in rows)

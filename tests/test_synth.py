@@ -97,6 +97,25 @@ def test_openai_backend_against_a_real_vllm_server(graph, vllm_server, monkeypat
         dead.generate(["x"], SamplingConfig(max_tokens=4))
 
 
+@pytest.mark.slow
+def test_constrained_choice_agrees_across_backends(graph, vllm_server):
+    """Guided choice (what a judge's forced grade uses): vLLM's structured outputs through the HTTP server and the
+    offline worker, and the transformers fallback's greedy search over the choices' tokens, pick the same grade."""
+    from kura.eval.judge import SCORE_CHOICES, SCORE_PREFIX
+    from kura.synth.generators import OpenAICompatibleGenerator, VllmGenerator
+
+    syn = graph.out["synthetic"][graph.syn]
+    recs = pq.read_table(Path(syn["uri"]) / "records.parquet").to_pylist()[:6]
+    prompts = [f"{r['prompt']}{r['completion']}\n{SCORE_PREFIX}" for r in recs]
+    teacher = graph.out["teacher_model"]["uri"]
+    http = OpenAICompatibleGenerator(vllm_server, "teacher", max_concurrency=4).choose(prompts, SCORE_CHOICES)
+    offline = VllmGenerator(teacher).choose(prompts, SCORE_CHOICES)
+    local = TransformersGenerator(teacher).choose(prompts, SCORE_CHOICES)
+    assert all(c in SCORE_CHOICES for c in http + offline + local), (http, offline, local)
+    assert http == offline, (http, offline)
+    assert sum(a == b for a, b in zip(local, http)) >= len(prompts) - 1, (local, http)
+
+
 def test_recipe_families_round_trip_their_reference_output_and_name_failures(tmp_path):
     import json
 

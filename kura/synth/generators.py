@@ -54,6 +54,12 @@ class Generator(ABC):
     def generate(self, prompts: list[str], sampling: SamplingConfig) -> GenerationResult:
         """One completion per prompt, in order."""
 
+    def choose(self, prompts: list[str], choices: list[str]) -> list[str]:
+        """Constrained decoding: for each prompt, the continuation among `choices` the model prefers (greedy guided
+        choice). Used where a reply must have a fixed form, e.g. a judge's grade after its free text failed to parse.
+        Backends without it raise NotImplementedError and callers keep the reply ungraded."""
+        raise NotImplementedError(f"{self.name} backend has no constrained choice")
+
 
 def request_seed(seed: int, prompt: str) -> int:
     """A per-request seed from the sampling seed and the prompt (not its batch position): a request gets the same
@@ -89,10 +95,12 @@ class VllmGenerator(Generator):
     timeout_s: float = 600.0
     name = "vllm"
 
-    def request(self, prompts: list[str], sampling: SamplingConfig) -> dict:
-        """What kura.synth.vllm_worker reads (the same request runs locally and in a GPU pod)."""
-        return {"model": self.model_dir, "prompts": prompts, "max_model_len": self.max_model_len,
-                "dtype": self.dtype, "enforce_eager": self.enforce_eager, "sampling": sampling.__dict__}
+    def request(self, prompts: list[str], sampling: SamplingConfig, choices: list[str] | None = None) -> dict:
+        """What kura.synth.vllm_worker reads (the same request runs locally and in a GPU pod); `choices` turns on
+        vLLM's structured outputs (guided choice)."""
+        r = {"model": self.model_dir, "prompts": prompts, "max_model_len": self.max_model_len,
+             "dtype": self.dtype, "enforce_eager": self.enforce_eager, "sampling": sampling.__dict__}
+        return {**r, "choices": list(choices)} if choices else r
 
     @staticmethod
     def result(r: dict) -> GenerationResult:
@@ -101,9 +109,16 @@ class VllmGenerator(Generator):
                                 r.get("finish_reasons", []))
 
     def generate(self, prompts: list[str], sampling: SamplingConfig) -> GenerationResult:
+        return self.submit(self.request(prompts, sampling))
+
+    def choose(self, prompts: list[str], choices: list[str]) -> list[str]:
+        n = max(len(c) for c in choices)  # characters bound tokens from above
+        return self.submit(self.request(prompts, SamplingConfig(max_tokens=n + 2), choices)).completions
+
+    def submit(self, request: dict) -> GenerationResult:
         with tempfile.TemporaryDirectory(prefix="kura-vllm-") as tmp:
             req, out = Path(tmp) / "request.json", Path(tmp) / "result.json"
-            req.write_text(json.dumps(self.request(prompts, sampling)))
+            req.write_text(json.dumps(request))
             self.run_worker([sys.executable, "-m", "kura.synth.vllm_worker", str(req), str(out)])
             if not out.exists():
                 raise RuntimeError("vLLM worker exited without writing its result")
@@ -152,6 +167,36 @@ class TransformersGenerator(Generator):
             p_tok += int(enc["attention_mask"].sum())
         return GenerationResult(outs, p_tok, c_tok, time.perf_counter() - t0, "transformers", {}, finish)
 
+    def choose(self, prompts: list[str], choices: list[str]) -> list[str]:
+        """Greedy decoding restricted to the choices' token sequences, token by token (what vLLM's guided choice
+        does at temperature 0, over the choices' canonical tokenizations)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(self.model_dir)
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
+        cids = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
+        out = []
+        for prompt in prompts:
+            ids, live = tok(prompt)["input_ids"], list(range(len(choices)))
+            k = 0
+            while True:
+                done = [i for i in live if len(cids[i]) == k]
+                nxt = sorted({cids[i][k] for i in live if len(cids[i]) > k})
+                if not nxt or (done and len(live) == 1):
+                    break
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+                allowed = nxt + ([tok.eos_token_id] if done and tok.eos_token_id is not None else [])
+                best = max(allowed, key=lambda t: float(logits[t]))
+                if done and best == tok.eos_token_id:
+                    live = done
+                    break
+                live = [i for i in live if len(cids[i]) > k and cids[i][k] == best]
+                ids, k = ids + [best], k + 1
+            out.append(choices[live[0]])
+        return out
+
 
 @dataclass
 class OpenAICompatibleGenerator(Generator):
@@ -163,18 +208,18 @@ class OpenAICompatibleGenerator(Generator):
     timeout_s: float = 120.0
     name = "openai"
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig) -> GenerationResult:
+    def generate(self, prompts: list[str], sampling: SamplingConfig, extra: dict | None = None) -> GenerationResult:
         from openai import OpenAI
 
         client = OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0)
 
-        def one(prompt):
+        def one(prompt, extra):
             delay = 1.0
             for attempt in range(self.max_retries + 1):
                 try:
                     r = client.completions.create(model=self.model, prompt=prompt, max_tokens=sampling.max_tokens,
                                                   temperature=sampling.temperature, top_p=sampling.top_p,
-                                                  seed=request_seed(sampling.seed, prompt))
+                                                  seed=request_seed(sampling.seed, prompt), extra_body=extra)
                     return (r.choices[0].text, r.usage.prompt_tokens, r.usage.completion_tokens,
                             r.choices[0].finish_reason or "stop")
                 except Exception:  # noqa: BLE001 - connection errors, 5xx, timeouts: back off and retry
@@ -185,6 +230,12 @@ class OpenAICompatibleGenerator(Generator):
 
         t0 = time.perf_counter()
         with ThreadPoolExecutor(self.max_concurrency) as pool:
-            res = list(pool.map(one, prompts))
+            res = list(pool.map(lambda p: one(p, extra), prompts))
         return GenerationResult([r[0] for r in res], sum(r[1] for r in res), sum(r[2] for r in res),
                                 time.perf_counter() - t0, "openai", {}, [r[3] for r in res])
+
+    def choose(self, prompts: list[str], choices: list[str]) -> list[str]:
+        """vLLM's structured outputs (guided choice) through the completions API."""
+        n = max(len(c) for c in choices)
+        return self.generate(prompts, SamplingConfig(max_tokens=n + 2),
+                             {"structured_outputs": {"choice": list(choices)}}).completions

@@ -87,7 +87,13 @@ def _run(req_uri: str, out_uri: str, pipes) -> None:
     startup = time.perf_counter() - t0
     say(f"kura.synth.vllm_worker: engine ready in {startup:.1f} s (vLLM {vllm.__version__})")
     s = req["sampling"]
-    params = SamplingParams(max_tokens=s["max_tokens"], temperature=s["temperature"], top_p=s["top_p"], seed=s["seed"])
+    guided = {}
+    if req.get("choices"):  # constrained decoding: the completion is one of these strings
+        from vllm.sampling_params import StructuredOutputsParams
+
+        guided = {"structured_outputs": StructuredOutputsParams(choice=list(req["choices"]))}
+    params = SamplingParams(max_tokens=s["max_tokens"], temperature=s["temperature"], top_p=s["top_p"], seed=s["seed"],
+                            **guided)
     t1 = time.perf_counter()
     outs = llm.generate(req["prompts"], params, use_tqdm=False)
     seconds = time.perf_counter() - t1
