@@ -64,6 +64,15 @@ class PerplexityConfig(dg.Config):
     """Held-out documents scored per language and phase."""
 
 
+def model_dir(st, checkpoint: dict) -> Path:
+    """Local folder with a checkpoint's model.safetensors + config.json: the asset's own folder for a local run,
+    the weights pod 0 converted and uploaded for a cluster run."""
+    d = st.local_dir(checkpoint["dir"])
+    if (d / "cluster_checkpoint.json").exists():
+        return st.local_dir(json.loads((d / "cluster_checkpoint.json").read_text())["weights"])
+    return d
+
+
 def _copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
     shutil.copy(tokenizer_dir / "tokenizer.model", out / "tokenizer.model")
     if (tokenizer_dir / "hf").exists():
@@ -87,8 +96,9 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
                    trainer: TrainerResource, **inputs) -> dg.Output:
         st = storage.get()
         packed, tok, parent = inputs["packed"], inputs["tokenizer"], inputs.get("parent")
-        work = (Path(st.path("")) if st.is_local else st.cache_dir / "work") / "_work" / "checkpoint" / \
-            spec.name / input_version_of(context, config.model_dump(exclude={"keep_work_dir"}), inputs)
+        iv = input_version_of(context, config.model_dump(exclude={"keep_work_dir"}), inputs)
+        work = (Path(st.path("")) if st.is_local else st.cache_dir / "work") / "_work" / "checkpoint" / spec.name / iv
+        weights_rel = f"_cluster_weights/{spec.name}/{iv}"  # where a cluster run's pod 0 uploads the final weights
 
         def build(stage: Path) -> dict:
             lineage = {"run": spec.name, "phase": spec.phase, "packed_dataset": packed["version"],
@@ -96,16 +106,20 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
                        "parent": parent["version"] if parent else None, "parent_run": spec.init_from,
                        "upcycled": bool(spec.upcycle),
                        "chain": [*(parent.get("lineage", {}).get("chain", []) if parent else []), spec.name]}
-            init = st.local_dir(parent["dir"]) / "model.safetensors" if parent else None
+            init = model_dir(st, parent) / "model.safetensors" if parent else None
             stats = trainer.train(context, spec, packed_dir=st.local_dir(packed["dir"]), work_dir=work,
                                   out_dir=stage, vocab_size=packed["vocab_size"], seq_length=packed["sequence_length"],
                                   init_weights=init, lineage=lineage, train_iters=config.train_iters,
                                   blend=packed.get("blend", {}).get("train"), parent=spec.init_from,
-                                  dataset_dvc_path=f"data/frozen/packed_dataset_{spec.phase}")
-            if trainer.backend == "local":
-                _copy_tokenizer(st.local_dir(tok["dir"]), stage)
-            else:
-                write_json(stage / "cluster_checkpoint.json", stats)
+                                  dataset_dvc_path=f"data/frozen/packed_dataset_{spec.phase}",
+                                  export_uri=None if trainer.backend == "local" else st.uri(weights_rel))
+            _copy_tokenizer(st.local_dir(tok["dir"]), stage)
+            if trainer.backend != "local":
+                write_json(stage / "lineage.json", lineage)
+                if not st.exists(f"{weights_rel}/export.json"):
+                    raise RuntimeError(f"checkpoint/{spec.name}: the cluster run finished but {st.uri(weights_rel)} "
+                                       "has no export.json (pod 0's conversion did not complete)")
+                write_json(stage / "cluster_checkpoint.json", {**stats, "weights": weights_rel})
             return {"stats": stats, "lineage": lineage, "spec": spec.model_dump(), "vocab_size": packed["vocab_size"],
                     "sequence_length": packed["sequence_length"]}
 
@@ -138,7 +152,7 @@ def build_upcycled(spec: RunSpec) -> dg.AssetsDefinition:
         st = storage.get()
 
         def build(stage: Path) -> dict:
-            dense_dir = st.local_dir(dense["dir"])
+            dense_dir = model_dir(st, dense)
             lineage = {**dense["lineage"], "run": spec.name, "upcycled_from": dense["version"]}
             info = upcycle_mod.upcycle_checkpoint(dense_dir, spec, stage, lineage)
             if config.verify:
@@ -168,11 +182,7 @@ def build_hf_model(spec: RunSpec) -> dg.AssetsDefinition:
         st = storage.get()
 
         def build(stage: Path) -> dict:
-            ck = st.local_dir(checkpoint["dir"])
-            if (ck / "cluster_checkpoint.json").exists():
-                raise ValueError(f"checkpoint/{spec.name} was trained on the cluster (Megatron-LM torch_dist on the "
-                                 "checkpoint volume); convert it there with Megatron-LM's checkpoint converter")
-            info = export_hf.export_hf(ck, stage)
+            info = export_hf.export_hf(model_dir(st, checkpoint), stage, tokenizer_dir=st.local_dir(checkpoint["dir"]))
             return {"info": info, "checkpoint": checkpoint["version"], "lineage": checkpoint["lineage"]}
 
         m, reused = run_versioned(context, st, config={}, upstream={"checkpoint": checkpoint}, build=build)

@@ -261,6 +261,7 @@ def pretraining_jobs() -> dict[str, list[dict]]:
     from kura.mix.spec import load_mix
     from kura.pack.megatron import safe_name
     from kura.train.spec import load_run_specs
+    from kura.tokenize.spm import TokenizerConfig
     from pipelines.settings import Settings
     from resources.trainer import TrainerResource
 
@@ -273,9 +274,12 @@ def pretraining_jobs() -> dict[str, list[dict]]:
     for spec in load_run_specs(s.runs_dir, list(phases)):
         ph = phases[spec.phase]
         blend = [x for src in ph.sources for x in (str(src.weight or 1.0), f"train_{safe_name(src.source)}")]
+        # the export URI's last part is the checkpoint asset's input version at run time
         out[f"pretrain-{spec.name}.yaml"] = trainer.job_objects(
             spec, seq_length=ph.sequence_length, blend=blend, parent=spec.init_from,
-            dataset_dvc_path=f"data/frozen/packed_dataset_{spec.phase}")
+            dataset_dvc_path=f"data/frozen/packed_dataset_{spec.phase}",
+            export_uri=f"{s.storage_root.rstrip('/')}/_cluster_weights/{spec.name}/INPUT_VERSION",
+            vocab_size=TokenizerConfig().vocab_size)
     return out
 
 

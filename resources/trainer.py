@@ -6,10 +6,13 @@
   rendezvous, `dvc pull` of the frozen packed dataset in an init container, checkpoints on a shared volume),
   rendered from the same RunSpec. It is launched inside a Dagster Pipes session: the bootstrap variables go into the
   pods' environment, pod 0's launcher (kura.train.megatron_lm) reports iterations and the final figures, and the
-  messages come back through S3 (PipesS3MessageReader) into the run's log and the materialization metadata.
+  messages come back through S3 (PipesS3MessageReader) into the run's log and the materialization metadata. Pod 0
+  then converts the final torch_dist checkpoint to kura's format and uploads it to `export_uri`, so `hf_model` and
+  everything after it work the same for cluster runs.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,7 +39,8 @@ class TrainerResource(dg.ConfigurableResource):
     timeout_s: int = Field(14 * 24 * 3600, description="Longest a cluster run may take.")
 
     def job_objects(self, spec: RunSpec, *, seq_length: int, blend: list, dataset_dvc_path: str,
-                    parent: Optional[str], extra_env: Optional[dict] = None) -> list[dict]:
+                    parent: Optional[str], extra_env: Optional[dict] = None, export_uri: Optional[str] = None,
+                    vocab_size: Optional[int] = None) -> list[dict]:
         """[Service, Indexed Job] of a run (validated in tests against the Kubernetes schemas)."""
         name = f"kura-pretrain-{spec.name.replace('_', '-')}"
         cfg = MegatronJobConfig(namespace=self.namespace, image=self.image, nodes=spec.resources.nodes,
@@ -48,12 +52,18 @@ class TrainerResource(dg.ConfigurableResource):
                                  tokenizer_model="/data/tokenizer.model", save_dir=save)
         launcher = ["--save", save, *(["--parent", f"/checkpoints/{parent}"] if parent else []),
                     *(["--upcycle"] if spec.upcycle else [])]
-        return megatron_training(name, cfg, args, launcher_args=launcher, extra_env=extra_env)
+        if export_uri:  # pod 0 converts the final torch_dist checkpoint to kura's format and uploads it there
+            launcher += ["--export", export_uri, "--export-config", json.dumps(
+                {"spec": spec.model_dump(), "vocab_size": vocab_size, "seq_length": seq_length}, sort_keys=True)]
+        env = {**({"KURA_S3_ENDPOINT": self.s3_endpoint} if self.s3_endpoint else {}), **(extra_env or {})}
+        return megatron_training(name, cfg, args, launcher_args=launcher, extra_env=env)
 
     def train(self, context: dg.AssetExecutionContext, spec: RunSpec, *, packed_dir: Path, work_dir: Path,
               out_dir: Path, vocab_size: int, seq_length: int, init_weights: Optional[Path], lineage: dict,
               train_iters: Optional[int] = None, blend: Optional[list] = None, parent: Optional[str] = None,
-              dataset_dvc_path: str = "") -> dict[str, Any]:
+              dataset_dvc_path: str = "", export_uri: Optional[str] = None) -> dict[str, Any]:
+        """Train; the local backend writes the checkpoint into `out_dir`, the cluster one leaves Megatron's
+        checkpoints on the volume and uploads the converted final weights to `export_uri`."""
         if self.backend == "local":
             from kura.train.pretrain import pretrain
 
@@ -64,12 +74,15 @@ class TrainerResource(dg.ConfigurableResource):
             return pretrain(spec, packed_dir, work_dir, out_dir, vocab_size=vocab_size, seq_length=seq_length,
                             init_weights=init_weights, lineage=lineage, train_iters=train_iters, progress=progress)
         if self.backend == "kubernetes":
+            if not export_uri:
+                raise ValueError("the kubernetes trainer needs export_uri (where pod 0 uploads the final weights)")
             return self._train_k8s(context, spec, seq_length=seq_length, blend=blend or [],
-                                   dataset_dvc_path=dataset_dvc_path, parent=parent)
+                                   dataset_dvc_path=dataset_dvc_path, parent=parent, export_uri=export_uri,
+                                   vocab_size=vocab_size)
         raise ValueError(f"unknown trainer backend {self.backend!r} (local | kubernetes)")
 
     def _train_k8s(self, context, spec: RunSpec, *, seq_length: int, blend: list, dataset_dvc_path: str,
-                   parent: Optional[str]) -> dict:
+                   parent: Optional[str], export_uri: str, vocab_size: int) -> dict:
         import boto3
         from dagster import open_pipes_session
         from dagster._core.pipes.utils import PipesEnvContextInjector
@@ -84,7 +97,8 @@ class TrainerResource(dg.ConfigurableResource):
                                 message_reader=PipesS3MessageReader(bucket=self.pipes_bucket, client=s3)) as session:
             service, job = self.job_objects(spec, seq_length=seq_length, blend=blend,
                                             dataset_dvc_path=dataset_dvc_path, parent=parent,
-                                            extra_env=session.get_bootstrap_env_vars())
+                                            extra_env=session.get_bootstrap_env_vars(), export_uri=export_uri,
+                                            vocab_size=vocab_size)
             client = k8s_client()
             create_or_attach(client.core_api.create_namespaced_service, self.namespace, service)
             create_or_attach(client.batch_api.create_namespaced_job, self.namespace, job)
@@ -95,4 +109,4 @@ class TrainerResource(dg.ConfigurableResource):
         return {"run": spec.name, "backend": "kubernetes", "checkpoint": f"/checkpoints/{spec.name}",
                 "final_loss": md.get("final_loss"), "iterations": md.get("iterations"),
                 "tflops_per_gpu": md.get("tflops_per_gpu"), "loss_curve": md.get("loss_curve") or [],
-                "gpu_hours": None}
+                "gpu_hours": None, "weights_uri": export_uri, "converted_from": md.get("converted_from")}

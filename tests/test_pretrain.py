@@ -148,6 +148,50 @@ def test_hf_export_loads_in_transformers_with_matching_logits(tmp_path, moe):
     assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
 
 
+def _torch_dist_checkpoint(save: Path, model, iteration: int) -> None:
+    """What Megatron-LM writes with --ckpt-format torch_dist: iter_NNNNNNN/ (DCP files), then the tracker."""
+    from megatron.core import dist_checkpointing
+
+    d = save / f"iter_{iteration:07d}"
+    d.mkdir(parents=True)
+    dist_checkpointing.save({"model": model.sharded_state_dict(), "iteration": iteration}, str(d))
+    (save / "latest_checkpointed_iteration.txt").write_text(str(iteration))
+
+
+@pytest.mark.parametrize("moe", [False, True])
+def test_megatron_torch_dist_checkpoint_converts_to_the_same_model(tmp_path, moe):
+    """What a cluster run leaves on its volume (megatron-core's dist_checkpointing, torch_dist: stacked layers and
+    experts, TE-style fused norm names, a vocabulary padded to 128 rows) converts to kura's checkpoint folder, whose
+    model computes the same logits; hf_model then exports it like a local run."""
+    import torch
+
+    from kura.train import mcore
+    from kura.train.export_hf import export_hf
+    from kura.train.megatron_ckpt import CheckpointFormatError, convert
+
+    s = spec(model={"num_experts": 4, "moe_router_topk": 2} if moe else {}, seed=5)
+    model = mcore.build_model(s, 128, 32)  # Megatron's padded vocabulary; the tokenizer has 97 ids
+    if moe:
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                if k.endswith("router.weight"):
+                    p.copy_(torch.randn(p.shape, generator=g))
+    save = tmp_path / "save"
+    with pytest.raises(CheckpointFormatError, match="no finished checkpoint"):
+        convert(save, tmp_path / "out", s, vocab_size=97, seq_length=32)
+    _torch_dist_checkpoint(save, model, 7)
+    info = convert(save, tmp_path / "out", s, vocab_size=97, seq_length=32)
+    assert info["converted_from"].endswith("iter_0000007")
+    x = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = mcore.forward_logits(model.eval(), x)[..., :97]
+    got = _logits(tmp_path / "out", x)
+    assert torch.allclose(want, got, atol=1e-5), float((want - got).abs().max())
+    assert export_hf(tmp_path / "out", tmp_path / "hf")["architecture"] == ("MixtralForCausalLM" if moe else
+                                                                            "LlamaForCausalLM")
+
+
 # ----------------------------------------------------------------------------- level 2: kill and resume
 
 def _job(tmp: Path, packed: Path, vocab: int, seq: int, name: str) -> Path:
@@ -294,7 +338,8 @@ def test_two_node_job_renders_and_validates():
     svc, job = TrainerResource(backend="kubernetes").job_objects(
         s, seq_length=128, blend=["0.95", "train_deduplicated", "0.05", "train_synthetic"],
         dataset_dvc_path="data/frozen/packed_dataset_web", parent=None,
-        extra_env={"DAGSTER_PIPES_CONTEXT": "abc", "DAGSTER_PIPES_MESSAGES": "def"})
+        extra_env={"DAGSTER_PIPES_CONTEXT": "abc", "DAGSTER_PIPES_MESSAGES": "def"},
+        export_uri="s3://kura/_cluster_weights/dense_1/abc", vocab_size=2000)
     validate(svc)
     validate(job)
     spec_ = job["spec"]
@@ -312,14 +357,22 @@ def test_two_node_job_renders_and_validates():
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["DAGSTER_PIPES_CONTEXT"] == "abc" and "NCCL_DEBUG" in env
     assert "dvc pull data/frozen/packed_dataset_web" in pod["initContainers"][0]["command"][-1]
+    launcher = cmd[:cmd.index("--")]
+    assert launcher[launcher.index("--export") + 1] == "s3://kura/_cluster_weights/dense_1/abc"
+    assert json.loads(launcher[launcher.index("--export-config") + 1])["spec"]["name"] == "dense_1"
     assert {v["name"] for v in pod["volumes"]} >= {"data", "checkpoints", "dshm"}
 
 
 def test_launcher_reports_through_dagster_pipes(tmp_path):
     """kura.train.megatron_lm under a real Dagster Pipes session (PipesSubprocessClient): iteration lines of the
-    wrapped command reach the run as messages and the final figures as materialization metadata."""
+    wrapped command reach the run as messages and the final figures as materialization metadata; then pod 0's
+    export converts the run's torch_dist checkpoint and uploads it with its commit marker."""
+    from kura.train import mcore
+    from kura.train.pretrain import load_model
 
-
+    s = spec(seed=2)
+    _torch_dist_checkpoint(tmp_path / "save", mcore.build_model(s, 128, 32), 20)
+    export_cfg = json.dumps({"spec": s.model_dump(), "vocab_size": 97, "seq_length": 32})
     script = tmp_path / "fake_megatron.py"  # prints Megatron-LM's log format; the launcher is what is tested
     script.write_text("import sys\nline = sys.argv[1]\n"
                       "for i in (10, 20):\n    print(line.replace('120/', f'{i}/'), end='', flush=True)\n"
@@ -330,7 +383,8 @@ def test_launcher_reports_through_dagster_pipes(tmp_path):
     @dg.asset
     def megatron_run(context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient):
         cmd = [sys.executable, "-m", "kura.train.megatron_lm", "--save", str(tmp_path / "save"), "--parent",
-               str(tmp_path / "parent"), "--", sys.executable, str(script), MEGATRON_LINE]
+               str(tmp_path / "parent"), "--export", str(tmp_path / "export"), "--export-config", export_cfg,
+               "--", sys.executable, str(script), MEGATRON_LINE]
         inv = pipes.run(command=cmd, context=context, env={"PYTHONPATH": str(ROOT)})
         messages.extend(inv.get_custom_messages())
         return inv.get_materialize_result()
@@ -343,6 +397,10 @@ def test_launcher_reports_through_dagster_pipes(tmp_path):
     assert [r["step"] for r in mat.metadata["loss_curve"].value] == [10, 20]
     assert [(m["kind"], m["step"], m["loss"]) for m in messages] == [("iteration", 10, 3.412345),
                                                                        ("iteration", 20, 3.412345)]
+    assert mat.metadata["weights_uri"].value == str(tmp_path / "export")
+    assert json.loads((tmp_path / "export" / "export.json").read_text())["converted_from"].endswith("iter_0000020")
+    model, cfg = load_model(tmp_path / "export")
+    assert cfg["iterations"] == 20 and cfg["vocab_size"] == 97
 
 
 def test_sdpa_attention_equals_megatron_dot_product_attention():

@@ -81,27 +81,30 @@ def hf_config(cfg: dict, bos_id: int | None, eos_id: int | None, pad_id: int | N
     return {**common, "architectures": ["LlamaForCausalLM"], "model_type": "llama", "mlp_bias": False}
 
 
-def export_hf(ckpt_dir: Path, out_dir: Path) -> dict:
+def export_hf(ckpt_dir: Path, out_dir: Path, tokenizer_dir: Path | None = None) -> dict:
+    """`ckpt_dir`: model.safetensors + config.json; `tokenizer_dir` (default: the same folder): tokenizer.model,
+    tokenizer_hf/ and lineage.json (a cluster run's converted weights and its checkpoint asset are two folders)."""
     from safetensors.torch import load_file, save_file
 
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
+    side = Path(tokenizer_dir) if tokenizer_dir is not None else ckpt_dir
     cfg = json.loads((ckpt_dir / "config.json").read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
-    ids = _special_ids(ckpt_dir)
+    ids = _special_ids(side)
     hf = convert_state(load_file(str(ckpt_dir / "model.safetensors")), cfg)
     save_file(hf, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(hf_config(cfg, *ids), indent=1))
     (out_dir / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": ids[0], "eos_token_id": ids[1], "pad_token_id": ids[2]}, indent=1))
-    tok = ckpt_dir / "tokenizer_hf"
+    tok = side / "tokenizer_hf"
     if tok.is_dir():
         for f in tok.iterdir():
             shutil.copy(f, out_dir / f.name)
-    if (ckpt_dir / "tokenizer.model").exists():
-        shutil.copy(ckpt_dir / "tokenizer.model", out_dir / "tokenizer.model")
+    if (side / "tokenizer.model").exists():
+        shutil.copy(side / "tokenizer.model", out_dir / "tokenizer.model")
     for f in ("lineage.json",):
-        if (ckpt_dir / f).exists():
-            shutil.copy(ckpt_dir / f, out_dir / f"kura_{f}")
+        if (side / f).exists():
+            shutil.copy(side / f, out_dir / f"kura_{f}")
     return {"architecture": hf_config(cfg, *ids)["architectures"][0], "tensors": len(hf),
             "parameters": sum(v.numel() for v in hf.values())}
 

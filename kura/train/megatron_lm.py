@@ -11,10 +11,14 @@ Chaining on the cluster (`python -m kura.train.megatron_lm --save DIR [--parent 
   --no-load-optim --no-load-rng`), and `--moe-use-upcycling` when the run upcycles its dense parent;
 - else from scratch.
 Pod 0 parses Megatron's iteration lines and, when launched by Dagster Pipes, streams loss/LR/throughput to the
-run's log and reports the final figures as the materialization's metadata.
+run's log and reports the final figures as the materialization's metadata. With `--export URI` it then converts the
+final torch_dist checkpoint into kura's checkpoint format (`kura.train.megatron_ckpt`) and uploads it there, with
+`export.json` written last as the commit marker; the checkpoint asset points at it and `hf_model` exports it like
+a local run's.
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -140,7 +144,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--save", required=True)
     ap.add_argument("--parent")
     ap.add_argument("--upcycle", action="store_true")
+    ap.add_argument("--export", help="URI (s3:// or a folder) for the converted final checkpoint (pod 0)")
+    ap.add_argument("--export-config", help='JSON {"spec": …, "vocab_size": N, "seq_length": N} for --export')
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if args.export and not args.export_config:
+        ap.error("--export needs --export-config")
     if not cmd:
         ap.error("give the training command after --")
     full = [*cmd, *load_args(Path(args.save), Path(args.parent) if args.parent else None, args.upcycle)]
@@ -159,16 +167,44 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     out = follow(proc.stdout, report if rank0 else None)
     code = proc.wait()
+    exported = None
+    if code == 0 and rank0 and args.export:
+        exported = export(Path(args.save), args.export, json.loads(args.export_config))
     if pipes is not None:
         last = out["last"] or {}
         if code == 0:
             pipes.report_asset_materialization(metadata={
                 "final_loss": last.get("loss"), "iterations": last.get("step"),
                 "tflops_per_gpu": last.get("tflops_per_gpu"), "checkpoint": args.save,
+                **({"weights_uri": args.export, "converted_from": exported["converted_from"]} if exported else {}),
                 "loss_curve": {"raw_value": [{k: r.get(k) for k in ("step", "loss", "lr")} for r in out["curve"]],
                                "type": "json"}})
         pipes.close()
     return code
+
+
+def export(save_dir: Path, uri: str, cfg: dict) -> dict:
+    """Convert the newest checkpoint of `save_dir` and upload it to `uri`; `export.json` goes last (commit marker:
+    a reader that finds it finds every file)."""
+    import os
+    import tempfile
+
+    import fsspec
+
+    from kura.train.megatron_ckpt import convert
+
+    with tempfile.TemporaryDirectory(prefix="kura-export-") as tmp:
+        info = convert(save_dir, Path(tmp), RunSpec(**cfg["spec"]), vocab_size=int(cfg["vocab_size"]),
+                       seq_length=int(cfg["seq_length"]))
+        opts = ({"client_kwargs": {"endpoint_url": os.environ["KURA_S3_ENDPOINT"]}}
+                if uri.startswith("s3://") and os.environ.get("KURA_S3_ENDPOINT") else {})
+        fs, root = fsspec.core.url_to_fs(uri, **opts)
+        fs.makedirs(root, exist_ok=True)
+        for f in sorted(Path(tmp).iterdir()):
+            fs.put_file(str(f), f"{root}/{f.name}")
+        with fs.open(f"{root}/export.json", "w") as fh:
+            fh.write(json.dumps(info))
+    return info
 
 
 if __name__ == "__main__":
