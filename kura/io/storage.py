@@ -24,6 +24,17 @@ import fsspec
 from kura.io.hashing import stable_hash
 
 
+def atomic_write(final: Path, data: bytes) -> None:
+    """Write a local file so a reader sees the old content or the new, never a part: temp file, fsync, rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
 class StorageError(RuntimeError):
     """A storage problem with the URI and the operation that failed in its message."""
 
@@ -71,14 +82,7 @@ class Storage:
     # ---- small files ------------------------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes) -> None:
         if self.is_local:
-            final = Path(self.path(rel))
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
+            atomic_write(Path(self.path(rel)), data)
             return
         try:
             self.fs.pipe_file(self.path(rel), data)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from kura.io.storage import atomic_write
 from kura.train.spec import RunSpec
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -85,15 +86,6 @@ def latest_iteration(work_dir: Path) -> int:
     return int(f.read_text().strip()) if f.exists() else 0
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(work_dir: Path, step: int, model, opt, state: dict) -> Path:
     import torch
     from safetensors.torch import save_file
@@ -108,7 +100,7 @@ def save_checkpoint(work_dir: Path, step: int, model, opt, state: dict) -> Path:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _atomic_text(work_dir / TRACKER, str(step))
+    atomic_write(work_dir / TRACKER, str(step).encode())
     for old in sorted(work_dir.glob("iter_*"))[:-2]:  # keep the last two
         shutil.rmtree(old, ignore_errors=True)
     return final
