@@ -181,8 +181,9 @@ def demo(args) -> int:
         data = (f"{d['sft_examples']} conversations + {d['replay_examples']} replay docs" if "sft_examples" in d
                 else f"{d['pairs']} preference pairs")
         extra = f", reward accuracy {a['reward_accuracy']}" if "reward_accuracy" in a else ""
-        print(f"  trial #{r['rank']} {r['trial']:<12s}: {r['method']} on {a['base_run']} ({data}); loss "
-              f"{a['first_loss']} -> {a['final_loss']}{extra}; tasks {r['task_score']:.2f}, compliance "
+        curve = " -> ".join(str(x) for x in a.get("epoch_losses") or [a["first_loss"], a["final_loss"]])
+        print(f"  trial #{r['rank']} {r['trial']:<12s}: {r['method']} on {a['base_run']} ({data}); loss by epoch "
+              f"{curve}{extra}; tasks {r['task_score']:.2f}, compliance "
               f"{r['format_compliance']:.2f}, judge {r['judge_score']}; merged vs adapter logits "
               f"{out['merged_model'][r['trial']]['max_logit_diff_vs_adapter']:.1e}")
     last = list(cks)[-1]

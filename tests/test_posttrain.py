@@ -107,6 +107,8 @@ def test_replay_and_preference_data_are_in_the_manifests(graph):
         a = graph.out["adapter"][t]
         assert a["data"]["pairs"] > 0 and a["data"]["data_versions"] == {"preference_pairs": pairs["version"]}
         assert 0 <= a["reward_accuracy"] <= 1
+        # Two epochs over the same pairs: the DPO loss (ln 2 at the start, adapter disabled = reference) must fall.
+        assert len(a["epoch_losses"]) == 2 and a["epoch_losses"][1] < a["epoch_losses"][0] < 0.7
 
 
 def test_linear_merge_is_the_average_of_the_trials(graph):

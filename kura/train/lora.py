@@ -158,7 +158,7 @@ def train(spec: TrialSpec, base_dir: Path, out_dir: Path, *, examples: list, pad
                 margin = spec.beta * ((pc - rc) - (pr - rr))
                 loss = -torch.nn.functional.logsigmoid(margin).mean()
                 extra = {"reward_accuracy": round(float((margin > 0).float().mean()), 4),
-                         "reward_margin": round(float(margin.mean()), 4)}
+                         "reward_margin": round(float(margin.detach().mean()), 4)}
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, spec.optim.max_grad_norm)
@@ -172,7 +172,10 @@ def train(spec: TrialSpec, base_dir: Path, out_dir: Path, *, examples: list, pad
     model.eval()
     out_dir = Path(out_dir)
     model.save_pretrained(str(out_dir / "adapter"))
+    # One batch's loss is noisy (different examples each step); the per-epoch mean is what tells whether it learns.
+    epochs = [[r["loss"] for r in curve if r["epoch"] == e] for e in range(spec.optim.epochs)]
     stats = {"steps": steps, "first_loss": curve[0]["loss"], "final_loss": curve[-1]["loss"],
+             "epoch_losses": [round(sum(v) / len(v), 4) for v in epochs if v],
              "trainable_parameters": sum(p.numel() for p in params), "curve": curve, "data": manifest}
     if spec.method == "dpo":
         tail = curve[-max(1, len(curve) // 4):]
