@@ -173,7 +173,8 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
         m, reused = run_versioned(context, st, config=spec.model_dump(), upstream=upstream, build=build)
         d = m["data"]
         return output(m, reused, method=spec.method, base=spec.base, lora_r=spec.lora.r, lr=spec.optim.lr,
-                      final_loss=m["final_loss"], epoch_losses=m.get("epoch_losses") or [], steps=m["steps"], trainable_parameters=m["trainable_parameters"],
+                      final_loss=m["final_loss"], epoch_losses=m.get("epoch_losses") or [], steps=m["steps"],
+                      trainable_parameters=m["trainable_parameters"],
                       data=d, **({"reward_accuracy": m["reward_accuracy"]} if "reward_accuracy" in m else {}))
 
     out.append(adapter)
