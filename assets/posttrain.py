@@ -81,7 +81,8 @@ class TrialEvalConfig(dg.Config):
 
 class LeaderboardConfig(dg.Config):
     rank_by: str = "task_score"
-    """Metric to rank trials by (higher is better; perplexities are ranked lower-is-better)."""
+    """Metric to rank trials by (higher is better; perplexities are ranked lower-is-better). Ties (tiny models all
+    score 0 on tasks) are broken by the mean held-out perplexity, lower first."""
 
 
 def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeSpec], phases: list[str],
@@ -265,7 +266,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
     @dg.asset(name="trial_leaderboard", group_name="post_training", automation_condition=EAGER,
               ins={"evals": dg.AssetIn("trial_eval", partition_mapping=dg.AllPartitionMapping()),
                    "adapters": dg.AssetIn("adapter", partition_mapping=dg.AllPartitionMapping())},
-              code_version=source_version(tasks_mod), description="Trials ranked by the chosen metric")
+              code_version=source_version(tasks_mod, trials_mod), description="Trials ranked by the chosen metric")
     def trial_leaderboard(context: dg.AssetExecutionContext, config: LeaderboardConfig, storage: StorageResource,
                           evals: dict, adapters: dict) -> dg.Output:
         st = storage.get()
@@ -281,13 +282,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
                 for lang, v in langs.items():
                     row[f"ppl_{ph}_{lang}"] = v["perplexity"]
             rows.append(row)
-        if rows and config.rank_by not in rows[0]:
-            raise ValueError(f"rank_by {config.rank_by!r} is not a leaderboard column {sorted(rows[0])}")
-        low_better = config.rank_by.startswith("ppl_") or config.rank_by == "final_loss"
-        rows.sort(key=lambda r: (r[config.rank_by] is None, r[config.rank_by] if low_better else
-                                 -(r[config.rank_by] or 0)))
-        for i, r in enumerate(rows, 1):
-            r["rank"] = i
+        rows = trials_mod.rank_trials(rows, config.rank_by)
 
         def build(stage: Path) -> dict:
             write_json(stage / "trial_leaderboard.json", rows)

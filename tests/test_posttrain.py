@@ -123,6 +123,20 @@ def test_linear_merge_is_the_average_of_the_trials(graph):
     assert (avg[k] - (a[k] + b[k]) / 2).abs().max() < 1e-6
 
 
+def test_rank_trials_breaks_ties_by_perplexity_and_refuses_unknown_metrics():
+    from kura.train.trials import rank_trials
+
+    rows = [{"trial": "a", "task_score": 0.0, "ppl_web_ja": 3.0, "ppl_web_en": 5.0},
+            {"trial": "b", "task_score": 0.5, "ppl_web_ja": 9.0, "ppl_web_en": 9.0},
+            {"trial": "c", "task_score": 0.0, "ppl_web_ja": 2.0, "ppl_web_en": 4.0},
+            {"trial": "d", "task_score": None, "ppl_web_ja": 1.0, "ppl_web_en": 1.0}]
+    assert [(r["trial"], r["rank"]) for r in rank_trials(rows, "task_score")] == [("b", 1), ("c", 2), ("a", 3),
+                                                                                  ("d", 4)]
+    assert [r["trial"] for r in rank_trials(rows, "ppl_web_en")] == ["d", "c", "a", "b"]
+    with pytest.raises(PostTrainingError, match="rank_by 'elo' is not a leaderboard column"):
+        rank_trials(rows, "elo")
+
+
 def test_trial_leaderboard_ranks_every_trial(graph):
     rows = graph.out["trial_leaderboard"]["rows"]
     assert sorted(r["trial"] for r in rows) == TRIALS and [r["rank"] for r in rows] == [1, 2, 3, 4]
