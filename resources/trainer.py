@@ -51,7 +51,7 @@ class TrainerResource(dg.ConfigurableResource):
         args = pretrain_gpt_args(spec, seq_length=seq_length, blend=blend, data_dir="/data",
                                  tokenizer_model="/data/tokenizer.model", save_dir=save)
         launcher = ["--save", save, *(["--parent", f"/checkpoints/{parent}"] if parent else []),
-                    *(["--upcycle"] if spec.upcycle else [])]
+                    *(["--upcycle"] if spec.upcycle else []), "--align-packed"]
         if export_uri:  # pod 0 converts the final torch_dist checkpoint to kura's format and uploads it there
             launcher += ["--export", export_uri, "--export-config", json.dumps(
                 {"spec": spec.model_dump(), "vocab_size": vocab_size, "seq_length": seq_length}, sort_keys=True)]

@@ -205,6 +205,61 @@ def test_packed_output_samples_in_mix_proportions_through_megatron(tmp_path):
     assert abs(share - weights[0]) < 0.02, (share, weights)
 
 
+def test_megatron_lm_draws_one_packed_sequence_per_sample_through_the_aligned_view(tmp_path):
+    """Megatron-LM's GPTDataset (the class pretrain_gpt.py builds) over kura's packed prefix cuts windows that
+    straddle packed sequences; over `megatron_lm_view` every sample is one packed sequence's inputs, its labels are
+    the sequence shifted by one (all but the last), and the cluster launcher rewrites --data-path to the views."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from kura.pack.megatron import megatron_lm_view
+    from kura.train.megatron_lm import align_data_paths
+
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(10, 99, int(rng.integers(3, 30))).tolist() for _ in range(300)]
+    write_packed_source(tmp_path, "web", [(d, None) for d in docs], 32, eod=2, pad=3, vocab_size=100)
+    packed = IndexedDataset(str(tmp_path / "train_web"))
+    # GPTDataset feeds pad tokens (3) to the model as id 0 and masks them as labels
+    rows = {tuple(np.where(packed[i][:32] == 3, 0, packed[i][:32]).tolist()): np.asarray(packed[i])
+            for i in range(len(packed))}
+
+    class Tok:  # what GPTDataset reads from Megatron-LM's tokenizer
+        eod, pad, vocab_size = 2, 3, 100
+        unique_identifiers = {"class": "kura-test"}
+
+    def samples(prefix):
+        cfg = GPTDatasetConfig(random_seed=1, sequence_length=32, blend_per_split=[([prefix], None), None, None],
+                               tokenizer=Tok(), reset_position_ids=False, reset_attention_mask=False,
+                               eod_mask_loss=False)
+        train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [len(packed), 0, 0], lambda: True, cfg).build()
+        return [train[i] for i in range(len(train))]
+
+    raw = samples(str(tmp_path / "train_web"))
+    assert sum(tuple(s["tokens"].tolist()) in rows for s in raw) < len(raw) // 4  # the misalignment it fixes
+
+    view = megatron_lm_view(tmp_path / "train_web")
+    assert view == str(tmp_path / "train_web_mlm") and (tmp_path / "train_web_mlm.bin").is_symlink()
+    aligned = samples(view)
+    assert len(aligned) >= len(packed) - 1
+    seen = set()
+    for s in aligned:
+        t = tuple(s["tokens"].tolist())
+        assert t in rows, "a sample that is not a packed sequence"
+        seq = rows[t]
+        lab = s["labels"].numpy()
+        assert (lab[:-1] == np.where(seq[1:32] == 3, 0, seq[1:32])).all()
+        assert (s["loss_mask"].numpy()[:-1] == (seq[1:32] != 3)).all()
+        seen.add(t)
+    assert len(seen) >= len(packed) - 1
+    assert megatron_lm_view(tmp_path / "train_web") == view  # idempotent (every pod may make it)
+
+    cmd = ["torchrun", "pretrain_gpt.py", "--data-path", "0.7", str(tmp_path / "train_web"), "0.3",
+           str(tmp_path / "train_web"), "--seq-length", "32"]
+    out = align_data_paths(cmd)
+    assert out[3:7] == ["0.7", view, "0.3", view] and out[7:] == ["--seq-length", "32"]
+
+
 def test_heldout_written_one_document_each(tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 

@@ -360,6 +360,7 @@ def test_two_node_job_renders_and_validates():
     launcher = cmd[:cmd.index("--")]
     assert launcher[launcher.index("--export") + 1] == "s3://kura/_cluster_weights/dense_1/abc"
     assert json.loads(launcher[launcher.index("--export-config") + 1])["spec"]["name"] == "dense_1"
+    assert "--align-packed" in launcher  # Megatron-LM reads one packed sequence per sample
     assert {v["name"] for v in pod["volumes"]} >= {"data", "checkpoints", "dshm"}
 
 

@@ -7,6 +7,8 @@ Layout of a packed dataset folder (one per mix phase):
   train_<source>_mask.bin/.idx  the loss mask per token (uint8; 0 for padding and, for chat sources with
                             assistant_only, for prompt tokens) — kura's trainer reads it; Megatron-LM proper sees
                             padding as pad tokens
+  train_<source>_mlm.idx/.bin   made on the training pod, not stored (`megatron_lm_view`): the view Megatron-LM's
+                            GPTDataset reads so that each of its samples is one packed sequence
   heldout_<lang>.bin/.idx   one document per held-out document, for perplexity
   blend.json                Megatron's per-split data args {"train": ["w1", "train_a", ...]} (prefixes relative to
                             this folder), plus data_args.txt for `--data-args-path`
@@ -57,6 +59,46 @@ def write_rows(prefix: Path, rows: np.ndarray) -> None:
     builder.sequence_lengths = [width] * n
     builder.document_indices = list(range(n + 1))
     builder.finalize(str(prefix) + ".idx")
+
+
+def megatron_lm_view(prefix: str | Path, suffix: str = "_mlm") -> str:
+    """Make Megatron-LM's GPTDataset draw exactly kura's packed sequences; returns the view's prefix.
+
+    GPTDataset concatenates its documents and cuts samples of seq_len+1 tokens every seq_len tokens (consecutive
+    samples share one token). Fed kura's sequences of seq_len+1 tokens as documents, sample k starts k tokens
+    later than sequence k: almost every sample straddles two packed sequences and the best-fit packing is lost
+    (measured: 14 of 1,798 samples aligned on the demo's web phase). The view is a second `.idx` over the same
+    `.bin` (a symlink, no copy) whose documents are the first seq_len tokens of each packed sequence — same byte
+    pointers, lengths minus one — so sample k is sequence k's inputs exactly. Its last label is the first token of
+    the next sample's sequence instead of the dropped last token: one label in seq_len. The index is written by
+    megatron-core's own writer, atomically (temp + rename), so concurrent pods on a shared volume are safe."""
+    import os
+
+    from megatron.core.datasets.indexed_dataset import IndexedDataset, _IndexWriter
+
+    prefix = str(prefix)
+    src = IndexedDataset(prefix, mmap=True)
+    ix = src.index
+    if len(ix.sequence_lengths) and int(ix.sequence_lengths.min()) < 2:
+        raise ValueError(f"{prefix}: a packed sequence shorter than 2 tokens; is this a packed dataset?")
+    pointers = np.asarray(ix.sequence_pointers, dtype=np.int64)
+
+    class _PointerWriter(_IndexWriter):
+        def _sequence_pointers(self, sequence_lengths):
+            return pointers.tolist()
+
+    view = prefix + suffix
+    tmp = f"{view}.idx.tmp-{os.getpid()}"
+    with _PointerWriter(tmp, ix.dtype) as w:
+        w.write(np.asarray(ix.sequence_lengths, dtype=np.int64) - 1, ix.sequence_modes,
+                np.asarray(ix.document_indices, dtype=np.int64))
+    link = f"{view}.bin.tmp-{os.getpid()}"
+    if os.path.lexists(link):
+        os.remove(link)
+    os.symlink(os.path.basename(prefix + ".bin"), link)
+    os.replace(link, view + ".bin")
+    os.replace(tmp, view + ".idx")
+    return view
 
 
 def write_packed_source(out_dir: Path, label: str, docs: list[tuple], seq_len: int, eod: int, pad: int,

@@ -5,7 +5,8 @@ between them: every model field has one flag here, and tests check each flag aga
 TransformerConfig (Megatron-LM builds its config from the parsed args by field name) and, where Megatron-LM's
 own parser can be imported (the GPU image), against that parser.
 
-Chaining on the cluster (`python -m kura.train.megatron_lm --save DIR [--parent DIR] [--upcycle] -- CMD…`):
+Chaining on the cluster (`python -m kura.train.megatron_lm --save DIR [--parent DIR] [--upcycle] [--align-packed]
+-- CMD…`):
 - a tracker file in the run's own save folder → resume it (`--load SAVE`; iteration, optimizer and RNG restored);
 - else a parent → start from its weights with a fresh optimizer and iteration 0 (`--load PARENT --finetune
   --no-load-optim --no-load-rng`), and `--moe-use-upcycling` when the run upcycles its dense parent;
@@ -72,7 +73,8 @@ def pretrain_gpt_args(spec: RunSpec, *, seq_length: int, blend: list, data_dir: 
                       save_dir: str, vocab_size: Optional[int] = None) -> list[str]:
     """Arguments of Megatron-LM's pretrain_gpt.py for this run. `blend`: the packed phase's train blend
     ([weight, prefix, …] from blend.json, prefixes relative to the phase folder, which is pulled to `data_dir`).
-    Megatron-LM's GPTDataset reads each packed sequence as a document (padding as pad tokens, no loss mask)."""
+    The launcher's `--align-packed` points these prefixes at aligned views, so each GPTDataset sample is one packed
+    sequence; kura's loss masks (prompt tokens of chat sources) are only read by kura's own trainer."""
     iters = spec.iters(seq_length)
     data = [f"{data_dir}/{x}" if i % 2 else str(x) for i, x in enumerate(blend)]
     a = [*model_args(spec, seq_length), *parallel_args(spec), *optim_args(spec, iters),
@@ -121,6 +123,27 @@ def parse_iteration_line(line: str) -> Optional[dict]:
     return rec
 
 
+def align_data_paths(cmd: list[str]) -> list[str]:
+    """The training command with every `--data-path` prefix replaced by its aligned view
+    (`kura.pack.megatron.megatron_lm_view`, created next to the pulled data), so Megatron-LM's GPTDataset draws
+    kura's packed sequences one per sample instead of windows straddling two of them."""
+    from kura.pack.megatron import megatron_lm_view
+
+    out, i = list(cmd), 0
+    while i < len(out):
+        if out[i] == "--data-path":
+            i += 1
+            while i < len(out) and not out[i].startswith("--"):
+                try:
+                    float(out[i])  # a blend weight
+                except ValueError:
+                    out[i] = megatron_lm_view(out[i])
+                i += 1
+        else:
+            i += 1
+    return out
+
+
 def follow(lines: Iterable[str], report=None) -> dict:
     """Echo Megatron's output, collect the iteration records, hand each to `report`."""
     curve = []
@@ -144,6 +167,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--save", required=True)
     ap.add_argument("--parent")
     ap.add_argument("--upcycle", action="store_true")
+    ap.add_argument("--align-packed", action="store_true",
+                    help="read kura's packed sequences one per sample (aligned .idx views of the --data-path prefixes)")
     ap.add_argument("--export", help="URI (s3:// or a folder) for the converted final checkpoint (pod 0)")
     ap.add_argument("--export-config", help='JSON {"spec": …, "vocab_size": N, "seq_length": N} for --export')
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -151,6 +176,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         ap.error("--export needs --export-config")
     if not cmd:
         ap.error("give the training command after --")
+    if args.align_packed:
+        cmd = align_data_paths(cmd)
     full = [*cmd, *load_args(Path(args.save), Path(args.parent) if args.parent else None, args.upcycle)]
     rank0 = os.environ.get("JOB_COMPLETION_INDEX", "0") == "0"
     pipes = None
