@@ -23,11 +23,6 @@ run_queue:
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def _mean_ppl(row: dict) -> float:
-    v = [x for k, x in row.items() if k.startswith("ppl_") and x is not None]
-    return sum(v) / len(v) if v else float("nan")
-
-
 def prepare_env(home: Path, corpus: str | None = None) -> None:
     """Point KURA_* and DAGSTER_HOME at `home` and write a telemetry-free dagster.yaml."""
     home = home.absolute()
@@ -180,6 +175,8 @@ def demo(args) -> int:
                       for r in out["arena"]["leaderboard"])
     print(f"  arena (Bradley–Terry Elo, {out['arena']['judge_votes']} judge votes, {out['arena']['forced_votes']} "
           f"forced, {out['arena']['ties']} ties): {board}")
+    from kura.train.trials import mean_perplexity
+
     for r in out.get("trial_leaderboard", {}).get("rows", []):
         a = out["adapter"][r["trial"]]
         d = a["data"]
@@ -189,8 +186,8 @@ def demo(args) -> int:
         curve = " -> ".join(str(x) for x in a.get("epoch_losses") or [a["first_loss"], a["final_loss"]])
         print(f"  trial #{r['rank']} {r['trial']:<12s}: {r['method']} on {a['base_run']} ({data}); loss by epoch "
               f"{curve}{extra}; tasks {r['task_score']:.2f}, compliance "
-              f"{r['format_compliance']:.2f}, judge {r['judge_score']}, held-out ppl {_mean_ppl(r):.3f}; merged vs "
-              f"adapter logits "
+              f"{r['format_compliance']:.2f}, judge {r['judge_score']}, held-out ppl {mean_perplexity(r):.3f}; "
+              f"merged vs adapter logits "
               f"{out['merged_model'][r['trial']]['max_logit_diff_vs_adapter']:.1e}")
     last = list(cks)[-1]
     print(f"\n  checkpoint : {cks[last]['uri']}")

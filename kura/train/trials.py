@@ -142,6 +142,12 @@ def load_post_training(folder: str | Path, runs: Optional[list[str]] = None
     return trials, merges
 
 
+def mean_perplexity(row: dict) -> float:
+    """Mean of a leaderboard row's held-out perplexities (its `ppl_<phase>_<lang>` columns); inf without any."""
+    v = [x for k, x in row.items() if k.startswith("ppl_") and x is not None]
+    return sum(v) / len(v) if v else float("inf")
+
+
 def rank_trials(rows: list[dict], rank_by: str) -> list[dict]:
     """Leaderboard rows sorted by `rank_by` (higher is better, except perplexities and losses), each given its `rank`.
     Ties — tiny models all score 0 on exact-match tasks — are broken by the mean held-out perplexity (the `ppl_*`
@@ -150,13 +156,9 @@ def rank_trials(rows: list[dict], rank_by: str) -> list[dict]:
         raise PostTrainingError(f"rank_by {rank_by!r} is not a leaderboard column {sorted(rows[0])}")
     low_better = rank_by.startswith("ppl_") or rank_by.endswith("_loss")
 
-    def mean_ppl(r: dict) -> float:
-        v = [x for k, x in r.items() if k.startswith("ppl_") and x is not None]
-        return sum(v) / len(v) if v else float("inf")
-
     def key(r: dict):
         x = r.get(rank_by)
-        return (x is None, 0 if x is None else (x if low_better else -x), mean_ppl(r))
+        return (x is None, 0 if x is None else (x if low_better else -x), mean_perplexity(r))
 
     out = [dict(r) for r in sorted(rows, key=key)]
     for i, r in enumerate(out, 1):
