@@ -173,6 +173,37 @@ def test_every_trial_is_judged_and_checked_for_contamination(graph):
     assert all("judge_score" in r and "contaminated_items" in r for r in rows)
 
 
+def test_trial_pod_entry_point_trains_from_s3(graph, s3_server, monkeypatch):
+    """`python -m kura.train.lora JOB RESULT` as the GPU pod runs it: job, base model, adapter and result all on a
+    real S3 server (SeaweedFS); the adapter it uploads loads onto the base."""
+    from kura.io import Storage
+    from kura.train import lora
+
+    for k, v in (("AWS_ACCESS_KEY_ID", s3_server.key), ("AWS_SECRET_ACCESS_KEY", s3_server.secret),
+                 ("KURA_S3_ENDPOINT", s3_server.endpoint)):
+        monkeypatch.setenv(k, v)
+    st = Storage(f"s3://{s3_server.bucket}/trial-pod", endpoint_url=s3_server.endpoint, key=s3_server.key,
+                 secret=s3_server.secret)
+    base = Path(graph.out["hf_model"]["dense_2"]["uri"])
+    for f in base.iterdir():
+        if f.is_file():
+            st.write_bytes(f"base/{f.name}", f.read_bytes())
+    trials, _ = load_post_training(ROOT / "pipelines" / "post_training")
+    spec = trials["sft-r4"].model_copy(update={"optim": trials["sft-r4"].optim.model_copy(update={"epochs": 1})})
+    _, tok = lora.load_base(base)
+    examples = [lora.render_chat([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                 ("user: ", "assistant: ", "\n"), tok, 64)
+                for q, a in (("東京は?", "首都です。"), ("What is rain?", "Water falling."))]
+    st.write_json("job.json", {"spec": spec.model_dump(), "base_dir": st.uri("base"), "examples": examples,
+                               "pad_id": tok.pad_token_id or 0, "manifest": {"sft_examples": 2},
+                               "out_uri": st.uri("out/adapter")})
+    lora.main([st.uri("job.json"), st.uri("result.json")])
+    result = st.read_json("result.json")
+    assert result["steps"] == 1 and result["data"] == {"sft_examples": 2} and len(result["epoch_losses"]) == 1
+    model, _ = lora.load_adapter(base, st.local_dir("out/adapter"))
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == result["trainable_parameters"]
+
+
 def test_trial_gpu_job_renders_and_validates():
     from kura.k8s.manifests import validate
     from resources.posttrainer import PostTrainerResource

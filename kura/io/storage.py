@@ -35,6 +35,15 @@ def atomic_write(final: Path, data: bytes) -> None:
     os.replace(tmp, final)
 
 
+def pod_fs(uri: str):
+    """(fsspec filesystem, path) for a URI handed to a pod's entry point (vLLM worker, trainer launcher, LoRA job):
+    a local path, or s3:// with the endpoint from KURA_S3_ENDPOINT and credentials from the environment."""
+    opts: dict[str, Any] = {}
+    if uri.startswith("s3://") and os.environ.get("KURA_S3_ENDPOINT"):
+        opts["endpoint_url"] = os.environ["KURA_S3_ENDPOINT"]
+    return fsspec.core.url_to_fs(uri, **opts)
+
+
 class StorageError(RuntimeError):
     """A storage problem with the URI and the operation that failed in its message."""
 

@@ -16,12 +16,9 @@ import time
 
 
 def _fs(uri: str):
-    import fsspec
+    from kura.io.storage import pod_fs
 
-    opts = {}
-    if uri.startswith("s3://") and os.environ.get("KURA_S3_ENDPOINT"):
-        opts["endpoint_url"] = os.environ["KURA_S3_ENDPOINT"]
-    return fsspec.core.url_to_fs(uri, **opts)
+    return pod_fs(uri)
 
 
 def load_request(uri: str) -> dict:

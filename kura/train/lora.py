@@ -234,16 +234,13 @@ def write_json(path: Path, obj) -> None:
 def run_job(job: dict, workdir: Path) -> dict:
     """Train from a job description (what the GPU pod runs): {spec, base_dir, examples, pad_id, manifest}; base_dir
     and the output may be s3:// URIs (fetched / put with fsspec, endpoint from KURA_S3_ENDPOINT)."""
-    import os
+    from kura.io.storage import pod_fs
 
-    import fsspec
-
-    opts = {"client_kwargs": {"endpoint_url": os.environ["KURA_S3_ENDPOINT"]}} if os.environ.get(
-        "KURA_S3_ENDPOINT") else {}
     base = job["base_dir"]
     if base.startswith("s3://"):
         local = workdir / "base"
-        fsspec.filesystem("s3", **opts).get(base.rstrip("/") + "/", str(local) + "/", recursive=True)
+        fs, path = pod_fs(base)
+        fs.get(path.rstrip("/") + "/", str(local) + "/", recursive=True)
         base = str(local)
     out = workdir / "out"
     out.mkdir(parents=True, exist_ok=True)
@@ -251,27 +248,26 @@ def run_job(job: dict, workdir: Path) -> dict:
     examples = [tuple(x) for x in job["examples"]]
     stats = train(spec, Path(base), out, examples=examples, pad_id=job["pad_id"], manifest=job["manifest"])
     if job.get("out_uri", "").startswith("s3://"):
-        fsspec.filesystem("s3", **opts).put(str(out / "adapter") + "/", job["out_uri"].rstrip("/") + "/",
-                                            recursive=True)
+        fs, path = pod_fs(job["out_uri"])
+        fs.put(str(out / "adapter") + "/", path.rstrip("/") + "/", recursive=True)
     return stats
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     """`python -m kura.train.lora JOB_URI RESULT_URI` (the post-training pod's entry point)."""
-    import os
     import sys
     import tempfile
 
-    import fsspec
+    from kura.io.storage import pod_fs
 
     job_uri, result_uri = (argv or sys.argv[1:])[:2]
-    opts = {"client_kwargs": {"endpoint_url": os.environ["KURA_S3_ENDPOINT"]}} if os.environ.get(
-        "KURA_S3_ENDPOINT") and job_uri.startswith("s3://") else {}
-    with fsspec.open(job_uri, "r", **opts) as f:
+    fs, path = pod_fs(job_uri)
+    with fs.open(path, "r") as f:
         job = json.load(f)
     with tempfile.TemporaryDirectory(prefix="kura-lora-") as tmp:
         stats = run_job(job, Path(tmp))
-    with fsspec.open(result_uri, "w", **opts) as f:
+    fs, path = pod_fs(result_uri)
+    with fs.open(path, "w") as f:
         json.dump(stats, f)
 
 

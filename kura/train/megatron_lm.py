@@ -213,19 +213,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 def export(save_dir: Path, uri: str, cfg: dict) -> dict:
     """Convert the newest checkpoint of `save_dir` and upload it to `uri`; `export.json` goes last (commit marker:
     a reader that finds it finds every file)."""
-    import os
     import tempfile
 
-    import fsspec
-
+    from kura.io.storage import pod_fs
     from kura.train.megatron_ckpt import convert
 
     with tempfile.TemporaryDirectory(prefix="kura-export-") as tmp:
         info = convert(save_dir, Path(tmp), RunSpec(**cfg["spec"]), vocab_size=int(cfg["vocab_size"]),
                        seq_length=int(cfg["seq_length"]))
-        opts = ({"client_kwargs": {"endpoint_url": os.environ["KURA_S3_ENDPOINT"]}}
-                if uri.startswith("s3://") and os.environ.get("KURA_S3_ENDPOINT") else {})
-        fs, root = fsspec.core.url_to_fs(uri, **opts)
+        fs, root = pod_fs(uri)
         fs.makedirs(root, exist_ok=True)
         for f in sorted(Path(tmp).iterdir()):
             fs.put_file(str(f), f"{root}/{f.name}")
