@@ -11,10 +11,8 @@ HOME_DIR ?= .kura
 # DVC, GX, ...). Installing it with --no-deps is deterministic and avoids the resolver (~3.5 min, ~5 GB).
 $(BIN)/.installed: $(LOCK) pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r $(LOCK) > $(VENV)/pip.log 2>&1 \
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r $(LOCK) -e . > $(VENV)/pip.log 2>&1 \
 	  || { grep -v "is ignored" $(VENV)/pip.log; df -h .; exit 1; }
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . > $(VENV)/pip.log 2>&1 \
-	  || { grep -v "is ignored" $(VENV)/pip.log; exit 1; }
 	$(BIN)/python -c "import torch, dagster, vllm, megatron.core, great_expectations, kura"
 	touch $@
 
