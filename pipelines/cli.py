@@ -220,7 +220,12 @@ def freeze_cmd(args) -> int:
     from pipelines.settings import Settings
 
     storage = build_resources(Settings.from_env())["storage"].get()
-    pointer = storage.read_json(f"_manifests/{args.asset}/__all__.json")
+    rel = f"_manifests/{args.asset}/__all__.json"
+    if not storage.exists(rel):
+        print(f"kura freeze: {args.asset!r} has no materialization in {os.environ['KURA_HOME']}: run `make demo` "
+              f"first (or materialize {args.asset} in `make ui`), then freeze it.", file=sys.stderr)
+        return 2
+    pointer = storage.read_json(rel)
     m = freeze(storage, pointer["dir"], args.out)
     print(f"froze {args.asset} version {m['version']} ({len(m['files'])} files) into {args.out}")
     return 0
@@ -237,6 +242,7 @@ def k8s_cmd(args) -> int:
     from resources.posttrainer import PostTrainerResource
 
     values = Path(args.values)
+    values.parent.mkdir(parents=True, exist_ok=True)
     values.write_text("# Rendered by `python -m pipelines.cli k8s` from kura/k8s/helm.py (DeploySettings); edit the "
                       "settings\n# there, not this file (tests/test_deploy.py fails when they drift).\n"
                       "#   helm upgrade --install kura dagster/dagster -n kura -f k8s/values.yaml\n"
@@ -245,11 +251,11 @@ def k8s_cmd(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     docs = {"vllm-generation-job.yaml": [vllm_generation_job("kura-synthetic-example", VllmJobConfig(),
-                                                             "s3://kura-artifacts/requests/example.json",
-                                                             "s3://kura-artifacts/results/example.json")],
+                                                             f"{PREVIEW_STORAGE_ROOT}/requests/example.json",
+                                                             f"{PREVIEW_STORAGE_ROOT}/results/example.json")],
             "posttrain-trial-job.yaml": [PostTrainerResource(backend="kubernetes").job_object(
-                "kura-trial-example", "s3://kura-artifacts/_posttrain/example/job.json",
-                "s3://kura-artifacts/_posttrain/example/result.json")],
+                "kura-trial-example", f"{PREVIEW_STORAGE_ROOT}/_posttrain/example/job.json",
+                f"{PREVIEW_STORAGE_ROOT}/_posttrain/example/result.json")],
             **pretraining_jobs()}
     for name, objs in docs.items():
         for o in objs:
@@ -257,6 +263,9 @@ def k8s_cmd(args) -> int:
         (out / name).write_text(yaml.safe_dump_all(objs, sort_keys=False))
         print(f"wrote {out / name} ({len(objs)} objects, schema-valid)")
     return 0
+
+
+PREVIEW_STORAGE_ROOT = "s3://kura-artifacts"
 
 
 def pretraining_jobs() -> dict[str, list[dict]]:
@@ -270,6 +279,9 @@ def pretraining_jobs() -> dict[str, list[dict]]:
     from resources.trainer import TrainerResource
 
     s = Settings.from_env()
+    # A preview must not embed this machine's storage folder: with a local storage root (the demo's), the Jobs
+    # point at the example bucket the other rendered templates use; with an s3:// root, at that root.
+    root = s.storage_root.rstrip("/") if s.storage_root.startswith("s3://") else PREVIEW_STORAGE_ROOT
     mix = load_mix(s.mix_file)
     phases = {p.name: p for p in mix.phases}
     trainer = TrainerResource(backend="kubernetes", namespace=s.k8s_namespace, image=s.image_megatron,
@@ -282,7 +294,7 @@ def pretraining_jobs() -> dict[str, list[dict]]:
         out[f"pretrain-{spec.name}.yaml"] = trainer.job_objects(
             spec, seq_length=ph.sequence_length, blend=blend, parent=spec.init_from,
             dataset_dvc_path=f"data/frozen/packed_dataset_{spec.phase}",
-            export_uri=f"{s.storage_root.rstrip('/')}/_cluster_weights/{spec.name}/INPUT_VERSION",
+            export_uri=f"{root}/_cluster_weights/{spec.name}/INPUT_VERSION",
             vocab_size=TokenizerConfig().vocab_size)
     return out
 

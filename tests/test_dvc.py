@@ -3,6 +3,7 @@
 the DVC md5 is the data version of the frozen source asset, so a new frozen version makes its readers stale."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -133,3 +134,20 @@ def test_dvc_md5_is_the_data_version_of_the_frozen_source(tmp_path):
     dg.materialize([source], instance=instance, selection=[source.key])
     resolver = get_stale_status_resolver(instance, assets)
     assert resolver.get_status(trained_on_frozen.key) == StaleStatus.STALE
+
+
+def test_freeze_before_any_demo_says_what_to_run(tmp_path, capsys, monkeypatch):
+    from pipelines.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KURA_STORAGE_ROOT", raising=False)
+    env_before = dict(os.environ)
+    try:  # the command points KURA_HOME, DAGSTER_HOME and the caches at its home, as the CLI process does
+        assert main(["freeze", "packed_dataset/web", "--out", str(tmp_path / "frozen"), "--home",
+                     str(tmp_path / "home")]) == 2
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    err = capsys.readouterr().err
+    assert "run `make demo` first" in err and "packed_dataset/web" in err
+    assert not (tmp_path / "frozen").exists()

@@ -1,11 +1,16 @@
 """Level 1: the Kubernetes objects kura renders validate against the official schemas (strict)."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import kubernetes_validate
 import pytest
 
 from kura.k8s.manifests import (GpuPool, MegatronJobConfig, VllmJobConfig, megatron_training, secret, validate,
                                 vllm_generation_job)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_vllm_generation_job_is_a_valid_gpu_job():
@@ -88,11 +93,18 @@ def test_cli_renders_values_templates_and_secrets(tmp_path, monkeypatch, capsys)
 
     from pipelines.cli import main
 
-    assert main(["k8s", "--out", str(tmp_path / "rendered"), "--values", str(tmp_path / "values.yaml")]) == 0
+    monkeypatch.setenv("KURA_HOME", str(tmp_path / "home"))  # a local storage root, as after `make demo`
+    out, values = tmp_path / "not" / "yet" / "rendered", tmp_path / "new" / "values.yaml"  # folders created
+    assert main(["k8s", "--out", str(out), "--values", str(values)]) == 0
     for f in ("vllm-generation-job.yaml", "pretrain-dense_1.yaml", "pretrain-moe_1.yaml"):
-        for obj in yaml.safe_load_all((tmp_path / "rendered" / f).read_text()):
+        for obj in yaml.safe_load_all((out / f).read_text()):
             validate(obj)
-    assert yaml.safe_load((tmp_path / "values.yaml").read_text())["telemetry"] == {"enabled": False}
+    assert yaml.safe_load(values.read_text())["telemetry"] == {"enabled": False}
+    for f in out.iterdir():  # previews embed no path of the machine that rendered them
+        text = f.read_text()
+        assert str(tmp_path) not in text and str(ROOT) not in text and str(Path.home()) + "/" not in text, f.name
+    export = re.search(r"--export\W+([^\s'\"]+)", (out / "pretrain-dense_1.yaml").read_text()).group(1)
+    assert export == "s3://kura-artifacts/_cluster_weights/dense_1/INPUT_VERSION", export
     capsys.readouterr()
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"):
         monkeypatch.delenv(k, raising=False)

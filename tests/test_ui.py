@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, stop_process_group, wait_for_port
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, stop_process_group, wait_for_port
 
 
 @pytest.mark.slow
@@ -60,5 +60,30 @@ def test_webserver_serves_the_asset_graph_on_loopback(tmp_path):
                                          "reference_lm"}
         # with telemetry on, Dagster creates $DAGSTER_HOME/.telemetry/id.yaml at start-up (checked by hand)
         assert not (dh / ".telemetry").exists(), "telemetry is off"
+        assert_page_shows_lineage(f"http://127.0.0.1:{port}", "packed_dataset/web",
+                                  ["data_mix/web", "tokenizer", "checkpoint/dense_1", "trial_eval"], tmp_path / "ui.png")
     finally:
         stop_process_group(proc)
+
+
+def assert_page_shows_lineage(base: str, asset: str, linked: list[str], screenshot: Path) -> None:
+    """A real browser (Debian's chromium driven by Playwright; `make test` installs it through
+    scripts/system-deps.sh, never a browser download) opens an asset's page and sees its lineage links."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{base}/assets/{asset}", wait_until="domcontentloaded", timeout=60_000)
+            skip = page.get_by_role("button", name="Skip")  # the "Join the Dagster community" dialog
+            try:
+                skip.click(timeout=10_000)
+            except Exception:  # noqa: BLE001 - the dialog is not shown once dismissed
+                pass
+            page.get_by_text("Upstream assets", exact=True).wait_for(timeout=60_000)
+            for name in linked:  # Dagster shows a key's parts joined by " / "
+                page.get_by_text(name.replace("/", " / "), exact=True).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(screenshot))
+        finally:
+            browser.close()
