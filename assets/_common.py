@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kura.io import Storage, materialize_versioned, stable_hash
+from kura.io.hashing import content_only
 
 
 def source_version(*modules: ModuleType, extra: str = "") -> str:
@@ -108,7 +109,9 @@ def read_parquet(storage: Storage, manifest: dict, name: str, columns: list[str]
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False))
+    """A sidecar in a stage folder, hashed into the content version: volatile facts (kura.io.hashing.VOLATILE_KEYS:
+    timings, throughput, URIs, resume counts) are left out; the manifest and the metadata keep them."""
+    path.write_text(json.dumps(content_only(obj), indent=1, sort_keys=True, ensure_ascii=False))
 
 
 DOC_SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("text", pa.string()),

@@ -175,8 +175,13 @@ def synthetic(context: dg.AssetExecutionContext, config: SyntheticConfig, dedupl
                                                  "backend", "recipe", "template_hash", "sampling",
                                                  "completion_tokens", "tokens_per_second", "generated", "resumed",
                                                  "reject_rate")})
-    rate = m["reject_rate"]
+    rate, limit = m["reject_rate"], config.checks.max_reject_rate
+    top = ", ".join(f"{k} {v}" for k, v in sorted(m["rejected_by_reason"].items(), key=lambda kv: -kv[1])[:3])
+    why = (f"synthetic shard {context.partition_key}: the teacher's outputs were rejected at {rate:.0%} "
+           f"(limit {limit:.0%}; top reasons: {top or 'none'}); generate with a stronger teacher, or raise the "
+           f"synthetic config's checks.max_reject_rate if these rejects are acceptable")
     yield dg.AssetCheckResult(check_name="reject_rate_within_limit", passed=m["gate_passed"],
                               severity=dg.AssetCheckSeverity.ERROR,
-                              metadata={"reject_rate": rate, "max_reject_rate": config.checks.max_reject_rate,
-                                        "rejected_by_reason": dg.MetadataValue.json(m["rejected_by_reason"])})
+                              metadata={"reject_rate": rate, "max_reject_rate": limit,
+                                        "rejected_by_reason": dg.MetadataValue.json(m["rejected_by_reason"]),
+                                        **({} if m["gate_passed"] else {"explanation": why})})

@@ -97,8 +97,9 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
                                                          run_config=job_run_config(names, ops_config),
                                                      raise_on_error=False)
         if not r.success:
-            errs = [e.message for e in r.all_events if e.is_failure]
-            raise SystemExit(f"{job} failed: {errs[-3:]}")
+            from pipelines.failures import explain_failure
+
+            raise SystemExit(explain_failure(job, pk, r, Path(os.environ.get("KURA_HOME", ".kura")) / "logs"))
         for name in names:
             value = {pk: r.output_for_node(name)} if pk else r.output_for_node(name)
             if "__" in name:  # a phase asset: out["data_mix"]["web"]

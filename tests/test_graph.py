@@ -272,3 +272,12 @@ def test_another_recipe_on_another_day_is_gated_by_its_reject_rate(graph):
     st = Storage(str(graph.home / "storage"))
     assert synthetic_rows(st, {"2026-11-18|problems": failed}) == [], "a shard that failed its gate feeds nothing"
     assert synthetic_rows(st, {graph.syn: graph.out["synthetic"][graph.syn]})
+    from pipelines.failures import explain_failure
+
+    line = explain_failure("synthetic_job", "2026-11-18|problems", r, graph.home / "logs")
+    assert "\n" not in line and line.startswith("kura: synthetic_job[2026-11-18|problems] failed: synthetic shard "
+                                                 "2026-11-18|problems: the teacher's outputs were rejected at 100% "
+                                                 "(limit "), line
+    assert "unparseable 6" in line and "stronger teacher" in line and "max_reject_rate" in line
+    log = Path(line.rsplit("Full trace: ", 1)[1])
+    assert log.parent == graph.home / "logs" and "reject_rate_within_limit" in log.read_text()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -84,3 +85,46 @@ def test_freeze_copies_an_output_verified_byte_for_byte(tmp_path):
     with pytest.raises(ValueError, match="does not match the manifest"):
         freeze(st, m["dir"], tmp_path / "frozen2")
     assert not (tmp_path / "frozen2").exists()
+
+
+def test_staging_folders_of_killed_runs_are_removed_live_ones_kept(tmp_path):
+    """A run SIGKILLed while building leaves its staging folder; the next staging call removes it (its process is
+    gone) but never the folder of a run that is still alive."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time; from kura.io import Storage\n"
+            "with Storage(sys.argv[1]).staging_dir() as st:\n"
+            "    (st / 'part.bin').write_bytes(b'x' * 1000)\n"
+            "    print(st.name, flush=True)\n"
+            "    time.sleep(600)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "root")], stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    names = [p.stdout.readline().strip() for p in procs]
+    staging = tmp_path / "root" / ".staging"
+    assert sorted(p.name for p in staging.iterdir()) == sorted(names)
+    procs[0].send_signal(signal.SIGKILL)
+    procs[0].wait()
+    try:
+        with Storage(str(tmp_path / "root")).staging_dir() as mine:
+            left = sorted(p.name for p in staging.iterdir())
+            assert left == sorted([names[1], mine.name]), "the dead run's folder went, the live run's stayed"
+    finally:
+        procs[1].kill()
+        procs[1].wait()
+    old = staging / "stage-legacy"  # the unnamed form of earlier versions: removed once idle for a day
+    old.mkdir()
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    with Storage(str(tmp_path / "root")).staging_dir():
+        pass
+    assert not old.exists() and not (staging / names[0]).exists()
+
+
+def test_sidecars_hash_content_not_timings_or_paths():
+    from kura.io.hashing import content_only
+
+    info = {"kept": 32, "backend_startup_seconds": 47.8, "uri": "/home/a/.kura/storage/x", "sampling": {"seed": 0},
+            "curve": [{"step": 0, "loss": 2.5, "tokens_per_second": 812.0}], "generated": 30, "resumed": 2}
+    assert content_only(info) == {"kept": 32, "sampling": {"seed": 0}, "curve": [{"step": 0, "loss": 2.5}]}

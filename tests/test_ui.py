@@ -61,7 +61,8 @@ def test_webserver_serves_the_asset_graph_on_loopback(tmp_path):
         # with telemetry on, Dagster creates $DAGSTER_HOME/.telemetry/id.yaml at start-up (checked by hand)
         assert not (dh / ".telemetry").exists(), "telemetry is off"
         assert_page_shows_lineage(f"http://127.0.0.1:{port}", "packed_dataset/web",
-                                  ["data_mix/web", "tokenizer", "checkpoint/dense_1", "trial_eval"], tmp_path / "ui.png")
+                                  ["data_mix/web", "tokenizer", "checkpoint/dense_1", "trial_eval"],
+                                  tmp_path / "ui.png")
     finally:
         stop_process_group(proc)
 

@@ -10,6 +10,28 @@ from typing import Any
 
 _CHUNK = 1 << 20
 
+# Facts that differ between two builds of the same inputs: timings, throughput, where things are, how much of the
+# work was resumed. They belong in manifests and Dagster metadata, never in files hashed into a content version.
+VOLATILE_KEYS = frozenset({
+    "seconds", "generation_seconds", "startup_seconds", "tokens_per_second", "ms_per_iter", "tflops_per_gpu",
+    "mfu", "gpu_hours", "uri", "teacher_uri", "weights_uri", "source_file", "generated", "resumed",
+    "resumed_from", "host", "hostname", "run_id", "timestamp", "created_at",
+})
+
+
+def is_volatile(key: str) -> bool:
+    """A key in VOLATILE_KEYS, or any timing by its name (`backend_startup_seconds`, `samples_per_second`, ...)."""
+    return key in VOLATILE_KEYS or key.endswith(("seconds", "per_second"))
+
+
+def content_only(obj: Any) -> Any:
+    """`obj` without volatile keys at any depth: what a sidecar that is hashed into a content version may hold."""
+    if isinstance(obj, dict):
+        return {k: content_only(v) for k, v in obj.items() if not is_volatile(k)}
+    if isinstance(obj, list):
+        return [content_only(v) for v in obj]
+    return obj
+
 
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,50 @@ def pod_fs(uri: str):
     if uri.startswith("s3://") and os.environ.get("KURA_S3_ENDPOINT"):
         opts["endpoint_url"] = os.environ["KURA_S3_ENDPOINT"]
     return fsspec.core.url_to_fs(uri, **opts)
+
+
+STAGE_PREFIX = "stage-"
+_HOST = "".join(c if c.isalnum() else "_" for c in os.uname().nodename)[:40] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_dead_stages(base: Path) -> list[str]:
+    """Delete staging folders whose owning process is gone (a run killed before it published or cleaned up).
+
+    A staging folder is named `stage-<host>-<pid>-<random>`: only folders of this host are judged (the local root
+    may be a shared filesystem), and only when their process no longer exists, so a live run's folder is never
+    touched. Folders of the older unnamed form (`stage-<random>`) have no owner to ask; they are removed once they
+    have been idle for a day. Returns the names removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(base))
+    except FileNotFoundError:
+        return removed
+    for e in entries:
+        if not e.name.startswith(STAGE_PREFIX) or not e.is_dir(follow_symlinks=False):
+            continue
+        parts = e.name[len(STAGE_PREFIX):].split("-")
+        if len(parts) >= 3 and parts[-2].isdigit():
+            host, pid = "-".join(parts[:-2]), int(parts[-2])
+            dead = host == _HOST and pid != os.getpid() and not _alive(pid)
+        else:
+            try:
+                dead = time.time() - e.stat(follow_symlinks=False).st_mtime > 86400
+            except FileNotFoundError:
+                continue
+        if dead:
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed.append(e.name)
+    return removed
 
 
 class StorageError(RuntimeError):
@@ -121,7 +166,8 @@ class Storage:
         else:
             base = self.cache_dir / ".staging"
         base.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix="stage-", dir=base))
+        remove_dead_stages(base)
+        stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{_HOST}-{os.getpid()}-", dir=base))
         try:
             yield stage
         finally:

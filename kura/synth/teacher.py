@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, model_validator
 
+from kura.io.hashing import content_only
+
 
 class TeacherConfig(BaseModel):
     """Architecture and training budget of the tiny teacher."""
@@ -104,6 +106,8 @@ def train_teacher(examples: list[str], out_dir: str | Path, cfg: TeacherConfig) 
     stats = {"parameters": sum(p.numel() for p in model.parameters()), "steps": cfg.steps,
              "final_loss": losses[-1], "first_loss": losses[0], "train_tokens": ntok,
              "tokens_per_second": round(ntok / seconds, 1), "seconds": round(seconds, 1), "examples": len(examples)}
-    (out / "kura_teacher.json").write_text(json.dumps({"config": cfg.model_dump(), "stats": stats,
+    # The card is hashed into the teacher's content version: only what the same inputs reproduce goes in it.
+    # Timings and throughput differ on every rebuild; they are returned for the materialization's metadata.
+    (out / "kura_teacher.json").write_text(json.dumps({"config": cfg.model_dump(), "stats": content_only(stats),
                                                        "losses": losses}, indent=1))
     return stats

@@ -171,7 +171,14 @@ def train(spec: TrialSpec, base_dir: Path, out_dir: Path, *, examples: list, pad
             step += 1
     model.eval()
     out_dir = Path(out_dir)
+    # adapter_config.json is hashed into the adapter's content version: name the base by its storage key
+    # (<asset>/<partition>/<content version>), not by this machine's absolute path. The base is always loaded from
+    # the folder kura passes in, never from this field. PEFT's generated README.md (a template card that embeds the
+    # absolute path in its tags) is dropped: kura_adapter.json describes the adapter.
+    for cfg in model.peft_config.values():
+        cfg.base_model_name_or_path = "/".join(Path(base_dir).parts[-3:])
     model.save_pretrained(str(out_dir / "adapter"))
+    (out_dir / "adapter" / "README.md").unlink(missing_ok=True)
     # One batch's loss is noisy (different examples each step); the per-epoch mean is what tells whether it learns.
     epochs = [[r["loss"] for r in curve if r["epoch"] == e] for e in range(spec.optim.epochs)]
     stats = {"steps": steps, "first_loss": curve[0]["loss"], "final_loss": curve[-1]["loss"],

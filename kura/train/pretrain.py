@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from kura.io.hashing import content_only
 from kura.io.storage import atomic_write
 from kura.train.spec import RunSpec
 
@@ -193,7 +194,8 @@ def pretrain(spec: RunSpec, packed_dir: Path, work_dir: Path, out_dir: Path, *, 
         {"format": "megatron-core-gpt", "spec": spec.model_dump(), "vocab_size": vocab_size,
          "seq_length": seq_length, "iterations": iters, "precision": "bf16" if bf16 else "fp32"}, indent=1))
     (out_dir / "lineage.json").write_text(json.dumps(lineage or {}, indent=1, sort_keys=True))
-    (out_dir / "loss_curve.json").write_text(json.dumps(state["curve"]))
+    # hashed into the checkpoint's content version: throughput (a timing) stays in `stats`, not in the file
+    (out_dir / "loss_curve.json").write_text(json.dumps(content_only(state["curve"])))
     return stats
 
 
