@@ -68,9 +68,9 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, corpu
                     rejected.add(item.__dict__)
                     counts[item.reason] += 1
         info = {"documents": docs.n, "rejected": rejected.n, "rejected_by_reason": dict(counts),
-                "source_sha256": file_hash}
-        write_json(stage / "stats.json", info)  # hashed: no path, so the same bytes anywhere give one version
-        return {**info, "source_file": corpus.uri(pk)}
+                "source_file": corpus.uri(pk), "source_sha256": file_hash}
+        write_json(stage / "stats.json", info)  # hashed: write_json leaves the (volatile) source_file out
+        return info
 
     m, reused = run_versioned(context, storage.get(), config=config, upstream={"file": file_hash}, build=build)
     return output(m, reused, documents=m["documents"], rejected=m["rejected"],

@@ -16,12 +16,13 @@ import importlib.util
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.conftest import free_port
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,6 @@ def _run_as() -> tuple[list[str], str | None]:
                        "run as root; run the tests as an ordinary user")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def postgres_server(password: str = "kura-test-pg-password"):
     """Yield a PostgresServer (user and database `dagster`, password authentication); stop and delete it on exit."""
@@ -76,7 +71,7 @@ def postgres_server(password: str = "kura-test-pg-password"):
     if user:
         for p in (base, base / "pw"):
             shutil.chown(p, user)
-    port = _free_port()
+    port = free_port()
     data = base / "data"
 
     def run(*args: str, env: dict | None = None) -> None:
