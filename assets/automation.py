@@ -4,10 +4,12 @@ Dagster's staleness is not transitive (a changed mix marks only `data_mix` stale
 explicit: the mix carries `code_version_changed() | EAGER` and everything downstream `EAGER`; one tick of the
 automation sensor then requests the mix and all its downstream stages together, nothing upstream.
 `any_deps_missing` is dropped from eager because the synthetic asset has one partition per day and days that were
-never generated are expected; the gate on blocking checks keeps a failing shard out of training.
+never generated are expected. Blocking checks gate the stages that follow, except the synthetic shards' gate: a
+failed shard is recorded and every reader skips it by itself (`synthetic_rows` reads gate-passed shards only), so one
+bad shard must not stop the whole chain: a mix whose synthetic source is `optional` goes on without it.
 """
 import dagster as dg
 
 EAGER = (dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
-         & dg.AutomationCondition.all_deps_blocking_checks_passed())
+         & dg.AutomationCondition.all_deps_blocking_checks_passed().ignore(dg.AssetSelection.assets("synthetic")))
 ON_EDIT_OR_EAGER = dg.AutomationCondition.code_version_changed() | EAGER

@@ -62,6 +62,15 @@ def build_mix_assets(spec_path: str | Path, mix: spec_mod.MixSpec | None = None)
     return assets
 
 
+def blocked_shards(synthetic: dict) -> str:
+    """Why synthetic data is missing from a mix, when shards failed their reject-rate gate (they feed nothing)."""
+    failed = {k: m for k, m in sorted(synthetic.items()) if not m.get("gate_passed", True)}
+    if not failed:
+        return ""
+    return (f"{len(failed)} of {len(synthetic)} synthetic shards failed their reject-rate gate ("
+            + ", ".join(f"{k}: {m.get('reject_rate', 1):.0%} rejected" for k, m in failed.items()) + ")")
+
+
 def _phase_version_text(mix: spec_mod.MixSpec, phase: spec_mod.MixPhase) -> str:
     templates = {s.chat_template: mix.chat_templates[s.chat_template].model_dump()
                  for s in phase.sources if s.chat_template}
@@ -99,7 +108,7 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
             sources = {"deduplicated": resolve.SourceDocs("deduplicated", {"all": ded["version"]},
                                                           corpus_rows(st, ded)),
                        "synthetic": resolve.SourceDocs("synthetic", {k: v["version"] for k, v in syn.items()},
-                                                       synthetic_rows(st, syn))}
+                                                       synthetic_rows(st, syn), blocked_shards(syn))}
             pool, prev_docs = [], {}
             if prev_m:
                 pool = read_parquet(st, prev_m, "selection.parquet").to_pylist()
@@ -123,8 +132,10 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
                     "quality_classifier": qc_m, "reference_lm": lm_m}
         m, reused = run_versioned(context, st, config=json.loads(_phase_version_text(mix, phase)),
                                   upstream=upstream, build=build)
+        for label, why in m["summary"].get("left_out", {}).items():
+            context.log.warning(f"phase {phase.name}: optional source {label} left out: {why}")
         return output(m, reused, mix=mix.name, phase=phase.name, tokens_selected=m["summary"]["tokens_selected"],
-                      sources=m["summary"]["sources"])
+                      sources=m["summary"]["sources"], left_out=m["summary"].get("left_out", {}))
 
     return _data_mix
 

@@ -90,16 +90,30 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
         trials = defs.resolve_job_def("post_training_job").partitions_def.get_partition_keys()
         steps += [("preference_data_job", None), *(("post_training_job", t) for t in trials),
                   ("post_training_summary_job", None)]
+    out["left_out"] = []
     for job, pk in steps:
         t = time.perf_counter()
+        if job.startswith(("preference_data", "post_training")) and _synthetic_left_out(out):
+            if job == "preference_data_job":
+                out["left_out"].append("post-training trials (SFT/DPO learn from synthetic conversations, and no "
+                                       "synthetic shard passed its gate)")
+                log(f"  {job:12s} left out: no synthetic conversations passed the gate")
+            continue
         names = list(defs.resolve_job_def(job).graph.node_dict)  # op names: "tokenizer", "data_mix__web", ...
         r = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=pk,
                                                          run_config=job_run_config(names, ops_config),
                                                      raise_on_error=False)
         if not r.success:
-            from pipelines.failures import explain_failure
+            from pipelines.failures import blocked_shard, explain_failure
 
-            raise SystemExit(explain_failure(job, pk, r, Path(os.environ.get("KURA_HOME", ".kura")) / "logs"))
+            why = blocked_shard(r) if job == "synthetic_job" else None
+            if why is None:
+                raise SystemExit(explain_failure(job, pk, r, Path(os.environ.get("KURA_HOME", ".kura")) / "logs"))
+            # the shard is recorded and skipped by every reader; a mix that declares synthetic `optional` goes on
+            out["left_out"].append(why)
+            log(f"  {job:12s} {'[' + pk + ']':14s} gate failed, shard left out: {why}")
+            out.setdefault("synthetic", {})[pk] = r.output_for_node("synthetic")
+            continue
         for name in names:
             value = {pk: r.output_for_node(name)} if pk else r.output_for_node(name)
             if "__" in name:  # a phase asset: out["data_mix"]["web"]
@@ -111,6 +125,13 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
                 out[name] = value
         log(f"  {job:12s} {'[' + pk + ']' if pk else '':14s} ok ({time.perf_counter() - t:.1f}s)")
     return out
+
+
+def _synthetic_left_out(out: dict) -> bool:
+    """True when the mix had to leave synthetic data out of every phase that names it (no shard passed its gate)."""
+    phases = [m["summary"] for m in out.get("data_mix", {}).values()
+              if any(k.startswith("synthetic") for k in (*m["summary"]["sources"], *m["summary"].get("left_out", {})))]
+    return bool(phases) and all(any(k.startswith("synthetic") for k in p.get("left_out", {})) for p in phases)
 
 
 def quiet_warnings() -> None:
@@ -190,6 +211,12 @@ def demo(args) -> int:
               f"{r['format_compliance']:.2f}, judge {r['judge_score']}, held-out ppl {mean_perplexity(r):.3f}; "
               f"merged vs adapter logits "
               f"{out['merged_model'][r['trial']]['max_logit_diff_vs_adapter']:.1e}")
+    left = [f"mix phase {ph}: {src} ({why})" for ph, m in out["data_mix"].items()
+            for src, why in m["summary"].get("left_out", {}).items()] + out.get("left_out", [])
+    if left:
+        print("\n  Left out, the chain went on without them (see each line's reason):")
+        for line in left:
+            print(f"    - {line}")
     last = list(cks)[-1]
     print(f"\n  checkpoint : {cks[last]['uri']}")
     print(f"  HF export  : {out['hf_model'][last]['uri']}  (AutoModelForCausalLM / vLLM)")

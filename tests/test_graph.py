@@ -272,8 +272,9 @@ def test_another_recipe_on_another_day_is_gated_by_its_reject_rate(graph):
     st = Storage(str(graph.home / "storage"))
     assert synthetic_rows(st, {"2026-11-18|problems": failed}) == [], "a shard that failed its gate feeds nothing"
     assert synthetic_rows(st, {graph.syn: graph.out["synthetic"][graph.syn]})
-    from pipelines.failures import explain_failure
+    from pipelines.failures import blocked_shard, explain_failure
 
+    assert blocked_shard(r) == check.metadata["explanation"].value, "the demo goes on past a gate-failed shard"
     line = explain_failure("synthetic_job", "2026-11-18|problems", r, graph.home / "logs")
     assert "\n" not in line and line.startswith("kura: synthetic_job[2026-11-18|problems] failed: synthetic shard "
                                                  "2026-11-18|problems: the teacher's outputs were rejected at 100% "

@@ -110,6 +110,35 @@ def test_resolve_errors_say_what_and_where(tmp_path):
         resolve_phase(spec, spec.phases[1], sources(), count, replay_pool=[])
 
 
+def test_optional_sources_without_data_are_left_out_with_the_reason(tmp_path):
+    """A blocked optional source (every synthetic shard failed its gate) leaves the phase: weights of the others are
+    rescaled to the phase total, an absolute-budget phase keeps its replay; a required one still fails."""
+    spec = json.loads(json.dumps(GOOD))
+    for p in spec["phases"]:
+        for s in p["sources"]:
+            if s["source"] == "synthetic":
+                s["optional"] = True
+    spec = load_mix(mix_file(tmp_path, spec))
+    blocked = {**sources(), "synthetic": SourceDocs("synthetic", {"2026-11-01": "s1"}, [],
+                                                    blocked="shard 2026-11-01 failed its reject-rate gate")}
+    rows0, s0, docs0 = resolve_phase(spec, spec.phases[0], blocked, count)
+    assert s0["left_out"] == {"synthetic": "shard 2026-11-01 failed its reject-rate gate"}
+    assert s0["sources"]["deduplicated"]["budget_tokens"] == 1000 and "synthetic" not in s0["sources"]
+    assert {r["source"] for r in rows0} == {"deduplicated"} and docs0["synthetic"] == []
+    rows1, s1, _ = resolve_phase(spec, spec.phases[1], blocked, count, replay_pool=rows0)
+    assert s1["left_out"] and {r["source"] for r in rows1} == {"replay"}
+    assert s1["tokens_selected"] >= 50, "the phase keeps its declared replay (0.2 / 0.8 of 200 tokens)"
+    # a selector matching nothing is a different reason; without replay the phase has nothing left: an error
+    spec2 = load_mix(mix_file(tmp_path, {"name": "m", "sequence_length": 32, "sources": [
+        {"source": "synthetic", "tokens": 50, "optional": True, "lang": "xx"}]}))
+    with pytest.raises(MixError, match=r"phase 'm' has no data left: .*synthetic\[xx\]: no training documents "
+                                       r"match its selectors"):
+        resolve_phase(spec2, spec2.phases[0], sources(), count)
+    required = load_mix(mix_file(tmp_path, GOOD))
+    with pytest.raises(MixError, match="has a budget of 250 tokens but no training documents"):
+        resolve_phase(required, required.phases[0], blocked, count)
+
+
 def test_chat_rendering_masks_prompt_tokens():
     turns = [{"role": "user", "content": "ab"}, {"role": "assistant", "content": "cd"}]
     ids, mask = render_conversation(turns, ChatTemplate(), lambda s: [ord(c) for c in s], assistant_only=True)

@@ -7,6 +7,10 @@ ever see half-written data. So every output is built in a *local* staging folder
 - object store: files are uploaded first and the commit marker (`_MANIFEST.json`) is written last; readers treat a
   folder without its marker as absent.
 Small single files (JSON pointers) are written with temp + rename (local) or a single PUT (S3, atomic per object).
+
+An object store can go away for a while (a restarted gateway, a network blip). Every remote call is idempotent
+(PUT of the same bytes, GET, HEAD, LIST), so each is retried with exponential backoff for up to `retry_seconds`
+before the step fails with a sentence naming the URI and the way out; a found-missing object is never retried.
 """
 from __future__ import annotations
 
@@ -93,12 +97,23 @@ class StorageError(RuntimeError):
     """A storage problem with the URI and the operation that failed in its message."""
 
 
+def _transient(e: BaseException) -> bool:
+    """Worth another try: the endpoint did not answer or answered 5xx/throttling. Not: missing object, denied."""
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    text = f"{type(e).__name__}: {e}"
+    return isinstance(e, (ConnectionError, TimeoutError)) or any(
+        m in text for m in ("Connect", "connect", "Timeout", "timed out", "EndpointConnection", "ServiceUnavailable",
+                            "SlowDown", "InternalError", "503", "502", "500", "Broken pipe", "reset by peer",
+                            "ServerDisconnected", "Connection aborted"))
+
+
 class Storage:
     """A root URI plus the operations kura needs. Credentials for S3 come from the caller (the Dagster resource
     reads them from the environment); they are never stored on disk or in metadata."""
 
     def __init__(self, root: str, *, endpoint_url: str | None = None, key: str | None = None,
-                 secret: str | None = None, cache_dir: str | None = None):
+                 secret: str | None = None, cache_dir: str | None = None, retry_seconds: float = 60.0):
         if not root:
             raise StorageError("storage root is empty: give a folder or s3://bucket/prefix")
         self.root = root.rstrip("/")
@@ -118,6 +133,32 @@ class Storage:
         self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **options)
         self.is_local = self.protocol == "file"
         self.cache_dir = Path(cache_dir or tempfile.gettempdir()) / "kura-cache"
+        self.retry_seconds = retry_seconds
+        self.retries = 0  # remote calls that needed another try (reported by tests and the fault note)
+
+    def _remote(self, what: str, fn, *args, **kwargs):
+        """`fn(*args)` against the object store, retried with backoff (0.25 s doubling to 8 s) while the endpoint
+        does not answer, for at most `retry_seconds`."""
+        if self.is_local:
+            return fn(*args, **kwargs)
+        deadline, delay = time.monotonic() + self.retry_seconds, 0.25
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - classified below
+                if not _transient(e) or time.monotonic() + delay > deadline:
+                    if _transient(e):
+                        raise StorageError(f"cannot {what}: the object store did not answer for "
+                                           f"{self.retry_seconds:.0f} s ({type(e).__name__}: {e}); check that the "
+                                           f"endpoint is up and rerun: finished outputs are kept") from e
+                    raise
+                self.retries += 1
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+                try:
+                    self.fs.invalidate_cache()
+                except Exception:  # noqa: BLE001 - a cache that cannot be cleared is only stale listings
+                    pass
 
     # ---- paths -------------------------------------------------------------------------------------------
     def path(self, rel: str) -> str:
@@ -129,8 +170,10 @@ class Storage:
 
     def exists(self, rel: str) -> bool:
         try:
-            return self.fs.exists(self.path(rel))
+            return self._remote(f"check {self.uri(rel)}", self.fs.exists, self.path(rel))
         except Exception as e:  # noqa: BLE001 - surface auth/endpoint errors with the URI
+            if isinstance(e, StorageError):  # already says what and where
+                raise
             raise StorageError(f"cannot check {self.uri(rel)}: {e}") from e
 
     # ---- small files ------------------------------------------------------------------------------------
@@ -139,16 +182,20 @@ class Storage:
             atomic_write(Path(self.path(rel)), data)
             return
         try:
-            self.fs.pipe_file(self.path(rel), data)
+            self._remote(f"write {self.uri(rel)}", self.fs.pipe_file, self.path(rel), data)
         except Exception as e:  # noqa: BLE001
+            if isinstance(e, StorageError):  # already says what and where
+                raise
             raise StorageError(f"cannot write {self.uri(rel)}: {e}") from e
 
     def read_bytes(self, rel: str) -> bytes:
         try:
-            return self.fs.cat_file(self.path(rel))
+            return self._remote(f"read {self.uri(rel)}", self.fs.cat_file, self.path(rel))
         except FileNotFoundError:
             raise
         except Exception as e:  # noqa: BLE001
+            if isinstance(e, StorageError):  # already says what and where
+                raise
             raise StorageError(f"cannot read {self.uri(rel)}: {e}") from e
 
     def write_json(self, rel: str, obj: Any) -> None:
@@ -190,9 +237,13 @@ class Storage:
         try:
             files = sorted(p for p in stage.rglob("*") if p.is_file() and p.name != marker_name)
             for p in files:
-                self.fs.put_file(str(p), self.path(f"{rel}/{p.relative_to(stage).as_posix()}"))
-            self.fs.put_file(str(stage / marker_name), self.path(f"{rel}/{marker_name}"))
+                dest = f"{rel}/{p.relative_to(stage).as_posix()}"
+                self._remote(f"upload {self.uri(dest)}", self.fs.put_file, str(p), self.path(dest))
+            self._remote(f"upload {self.uri(rel)}/{marker_name}", self.fs.put_file, str(stage / marker_name),
+                         self.path(f"{rel}/{marker_name}"))
         except Exception as e:  # noqa: BLE001
+            if isinstance(e, StorageError):  # already says what and where
+                raise
             raise StorageError(f"cannot upload to {self.uri(rel)}: {e}") from e
         return True
 
@@ -200,8 +251,10 @@ class Storage:
         """Paths of every file under `rel`, relative to the root, sorted (recursive; folder markers skipped)."""
         base = self.path(rel)
         try:
-            found = self.fs.find(base)
+            found = self._remote(f"list {self.uri(rel)}", self.fs.find, base)
         except Exception as e:  # noqa: BLE001
+            if isinstance(e, StorageError):  # already says what and where
+                raise
             raise StorageError(f"cannot list {self.uri(rel)}: {e}") from e
         out = []
         for p in found:
@@ -217,8 +270,10 @@ class Storage:
         if self.is_local:
             return Path(self.path(rel))
         try:
-            info = self.fs.info(self.path(rel))
+            info = self._remote(f"stat {self.uri(rel)}", self.fs.info, self.path(rel))
         except Exception as e:  # noqa: BLE001
+            if isinstance(e, StorageError):  # already says what and where
+                raise
             raise StorageError(f"cannot stat {self.uri(rel)}: {e}") from e
         tag = stable_hash({"etag": str(info.get("ETag", "")), "size": info.get("size")})
         target = self.cache_dir / self.protocol / "files" / tag / self._root_path / rel
@@ -227,10 +282,12 @@ class Storage:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
         try:
-            self.fs.get_file(self.path(rel), str(tmp))
+            self._remote(f"download {self.uri(rel)}", self.fs.get_file, self.path(rel), str(tmp))
             os.replace(tmp, target)
         except Exception as e:  # noqa: BLE001
             tmp.unlink(missing_ok=True)
+            if isinstance(e, StorageError):  # already says what and where
+                raise
             raise StorageError(f"cannot download {self.uri(rel)}: {e}") from e
         return target
 
@@ -245,9 +302,12 @@ class Storage:
         tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
         tmp.mkdir(parents=True)
         try:
-            self.fs.get(self.path(rel) + "/", str(tmp) + "/", recursive=True)
+            self._remote(f"download {self.uri(rel)}", self.fs.get, self.path(rel) + "/", str(tmp) + "/",
+                         recursive=True)
         except Exception as e:  # noqa: BLE001
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, StorageError):  # already says what and where
+                raise
             raise StorageError(f"cannot download {self.uri(rel)}: {e}") from e
         try:
             os.rename(tmp, target)

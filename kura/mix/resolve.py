@@ -4,7 +4,10 @@ Input: for each source asset, its documents (doc_id, text, lang, optionally turn
 shards they came from; for phases with replay, the training selection of the earlier phases. Output: a selection
 table (source, doc_id, split, epoch, n_tokens) and a summary that pins every upstream version. Heldout documents
 are chosen by a hash of the doc id (stable when other documents change). A source that cannot meet its budget
-within `max_epochs` is an error, not a silent shortfall.
+within `max_epochs` is an error, not a silent shortfall. The one exception is declared: a source marked `optional`
+that has no usable data (its shards blocked by their gate, or nothing matching its selectors) is left out of the
+phase, named with the reason in the summary's `left_out`, and a weighted phase rescales the other weights so the
+phase keeps its total; a phase left with nothing at all is an error.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ class SourceDocs:
     name: str
     versions: dict[str, str]          # shard/partition -> data version
     docs: list[dict]                  # doc_id, text, lang[, turns]
+    blocked: str = ""                 # why some of the source's data may not be used (e.g. shards failing a gate)
 
 
 def is_heldout(doc_id: str, fraction: float) -> bool:
@@ -83,12 +87,26 @@ def resolve_phase(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs]
                   ) -> tuple[list[dict], dict, dict[str, list[dict]]]:
     """`count_tokens(list[str]) -> list[int]`. Returns (selection rows, summary, phase documents by label)."""
     rows: list[dict] = []
-    budgets = phase.source_tokens()
     docs_by_label = phase_documents(spec, phase, sources, quality, perplexity)
-    summary: dict = {"phase": phase.name, "sequence_length": phase.sequence_length, "sources": {}}
+    counts_by_label = {label: count_tokens([d["text"] for d in docs]) if docs else []
+                       for label, docs in docs_by_label.items()}
+    left_out = {}
     for s in phase.sources:
+        usable = [n for d, n in zip(docs_by_label[s.label], counts_by_label[s.label])
+                  if not is_heldout(d["doc_id"], phase.heldout_fraction)]
+        if s.optional and not sum(usable):
+            src = sources[s.source]
+            left_out[s.label] = (src.blocked or "it has no documents" if not src.docs
+                                 else "no training documents match its selectors")
+    budgets = _budgets(spec, phase, left_out)
+    summary: dict = {"phase": phase.name, "sequence_length": phase.sequence_length, "sources": {},
+                     "left_out": left_out}
+    for s in phase.sources:
+        if s.label in left_out:
+            docs_by_label[s.label] = []
+            continue
         docs = docs_by_label[s.label]
-        counts = count_tokens([d["text"] for d in docs]) if docs else []
+        counts = counts_by_label[s.label]
         train, held = [], []
         for d, n in zip(docs, counts):
             (held if is_heldout(d["doc_id"], phase.heldout_fraction) else train).append((d, n))
@@ -99,7 +117,9 @@ def resolve_phase(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs]
         available = sum(n for _, n in train)
         where = f"mix {spec.name}: phase {phase.name!r}: source {s.label!r}"
         if target > 0 and available == 0:
-            raise MixError(f"{where} has a budget of {target} tokens but no training documents")
+            why = f" ({sources[s.source].blocked})" if sources[s.source].blocked else ""
+            raise MixError(f"{where} has a budget of {target} tokens but no training documents{why}; give it data, "
+                           f"or declare it `optional: true` to train this phase without it")
         if available and target / available > s.max_epochs + 1e-9:
             raise MixError(f"{where} needs {target / available:.2f} epochs for {target} tokens but has {available} "
                            f"tokens and max_epochs={s.max_epochs:g}; lower its budget or allow more epochs")
@@ -133,6 +153,23 @@ def resolve_phase(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs]
                                         "tokens_selected": taken, "replay_fraction": phase.replay_fraction}
     summary["tokens_selected"] = sum(v["tokens_selected"] for v in summary["sources"].values())
     return rows, summary, docs_by_label
+
+
+def _budgets(spec: MixSpec, phase: MixPhase, left_out: dict[str, str]) -> dict[str, int]:
+    """Token budget per source label once optional sources without data are left out."""
+    budgets = phase.source_tokens()
+    kept = [s for s in phase.sources if s.label not in left_out]
+    if not kept and not phase.replay_tokens():
+        raise MixError(f"mix {spec.name}: phase {phase.name!r} has no data left: every source was left out ("
+                       + "; ".join(f"{k}: {v}" for k, v in left_out.items()) + ")")
+    if left_out and phase.sources[0].weight is not None and kept:
+        total = sum(s.weight for s in kept)
+        if total == 0:
+            raise MixError(f"mix {spec.name}: phase {phase.name!r}: the sources left after leaving out "
+                           f"{', '.join(left_out)} all have weight 0")
+        base = round(phase.total_tokens * (1 - phase.replay_fraction))
+        budgets = {s.label: round(s.weight / total * base) for s in kept}
+    return {**budgets, **{k: 0 for k in left_out}}
 
 
 def selected_documents(phase: MixPhase, rows: list[dict], docs_by_label: dict[str, list[dict]],

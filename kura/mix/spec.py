@@ -50,6 +50,10 @@ class MixSource(BaseModel):
                                                         "(a key of the mix's chat_templates).")
     loss_mask: Literal["all", "assistant_only"] = Field(
         "all", description="assistant_only: prompt tokens carry no loss (needs a chat_template).")
+    optional: bool = Field(False, description="When the source has no usable data (every shard blocked by its "
+                                              "gate, or nothing matches its selectors), leave it out of the phase "
+                                              "with a warning instead of failing: the other sources' weights are "
+                                              "rescaled to the phase's total, absolute budgets stay as they are.")
 
     @property
     def label(self) -> str:
