@@ -20,7 +20,8 @@ run_queue:
   max_concurrent_runs: 2
 """
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# the terminal gets kura's own lines; failures are explained in one sentence with the trace in a log file
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def prepare_env(home: Path, corpus: str | None = None) -> None:

@@ -359,3 +359,21 @@ def test_perplexity_cut_selects_documents(tmp_path):
     assert summary["sources"]["deduplicated[ppl<=50]"]["max_perplexity"] == 50
     with pytest.raises(MixError, match="no reference language model"):
         resolve_phase(spec, spec.phases[0], src, count)
+
+
+def test_perplexity_quantile_cuts_by_rank_within_each_language(tmp_path):
+    """CCNet-style buckets by rank: the same cut keeps the same share of a corpus whatever its absolute perplexities
+    (real documentation pages score in the thousands against the demo's reference LM, where `max_perplexity: 20`
+    kept nothing), computed per language."""
+    spec = load_mix(mix_file(tmp_path, phase0(sources=[
+        {"source": "deduplicated", "weight": 1, "max_perplexity_quantile": 0.5, "max_epochs": 10}])))
+    src = sources()
+    for i, d in enumerate(src["deduplicated"].docs):
+        d["lang"] = "ja" if i % 2 else "en"
+    ppl = lambda texts: [float(1000 + i) for i in range(len(texts))]  # noqa: E731
+    _, summary, docs = resolve_phase(spec, spec.phases[0], src, count, perplexity=ppl)
+    kept = docs["deduplicated[ppl<=p0.5]"]
+    assert len(kept) == 100 and {d["lang"] for d in kept} == {"ja", "en"}
+    assert sum(d["lang"] == "ja" for d in kept) == 50, "half of each language, not the lowest half overall"
+    assert max(d["perplexity"] for d in kept if d["lang"] == "en") == 1000 + 98
+    assert summary["sources"]["deduplicated[ppl<=p0.5]"]["max_perplexity_quantile"] == 0.5

@@ -128,3 +128,53 @@ def test_sidecars_hash_content_not_timings_or_paths():
     info = {"kept": 32, "backend_startup_seconds": 47.8, "uri": "/home/a/.kura/storage/x", "sampling": {"seed": 0},
             "curve": [{"step": 0, "loss": 2.5, "tokens_per_second": 812.0}], "generated": 30, "resumed": 2}
     assert content_only(info) == {"kept": 32, "sampling": {"seed": 0}, "curve": [{"step": 0, "loss": 2.5}]}
+
+
+DISK_FULL = r"""
+import json, os, sys
+from kura.io import Storage, StorageError, materialize_versioned
+st = Storage(sys.argv[1])
+def build(n):
+    def _b(stage):
+        (stage / "data.bin").write_bytes(os.urandom(n))
+        return {"n": n}
+    return _b
+small = materialize_versioned(st, "shards", "in-small", build(100_000))[0]
+try:
+    materialize_versioned(st, "shards", "in-big", build(3_000_000))
+    err = None
+except StorageError as e:
+    err = str(e)
+after = materialize_versioned(st, "shards", "in-after", build(100_000))[0]  # space is back: a rerun works
+print(json.dumps({"error": err, "small": small["dir"], "after": after["dir"],
+                  "staging": os.listdir(os.path.join(sys.argv[1], ".staging")),
+                  "published": sorted(os.listdir(os.path.join(sys.argv[1], "shards")))}))
+"""
+
+
+def test_disk_full_while_building_is_one_sentence_and_leaves_nothing(tmp_path):
+    """A 1 MB filesystem (tmpfs in a private mount namespace) fills up while an output is staged: the step fails
+    with one sentence naming the root and the way out, nothing is published, the staging space is reclaimed, and
+    the next build (space available again) works."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    root = tmp_path / "small"
+    root.mkdir()
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("no private mount namespace here (needs root): the disk-full scenario cannot be built")
+    r = subprocess.run(["unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size=1m tmpfs "{root}" && '
+                        f'exec "{sys.executable}" -c "$0" "{root}"', DISK_FULL], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["error"] and "\n" not in out["error"]
+    assert out["error"].startswith(f"no space left on the device of {root} while building shards: nothing was "
+                                   f"published and the staging folder was removed"), out["error"]
+    assert "rerun" in out["error"]
+    assert out["staging"] == [], "the staging space is reclaimed"
+    assert sorted(out["published"]) == sorted(["_inputs", out["small"].split("/")[1], out["after"].split("/")[1]])

@@ -9,11 +9,12 @@ folder was never visible to readers).
 """
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Callable
 
 from kura.io.hashing import hash_dir
-from kura.io.storage import Storage
+from kura.io.storage import Storage, StorageError
 
 MANIFEST_NAME = "_MANIFEST.json"
 
@@ -31,12 +32,20 @@ def materialize_versioned(storage: Storage, key: str, input_version: str,
         rel = storage.read_json(pointer)["dir"]
         if storage.exists(f"{rel}/{MANIFEST_NAME}"):
             return load_manifest(storage, rel), True
-    with storage.staging_dir() as stage:
-        info = build(stage)
-        version, files = hash_dir(stage, exclude=(MANIFEST_NAME,))
-        rel = f"{key}/{version}"
-        manifest = {"key": key, "version": version, "input_version": input_version, "dir": rel,
-                    "uri": storage.uri(rel), "files": files, **info}
-        storage.publish_dir(stage, rel, MANIFEST_NAME, manifest)
-    storage.write_json(pointer, {"dir": rel, "version": version})
+    try:
+        with storage.staging_dir() as stage:
+            info = build(stage)
+            version, files = hash_dir(stage, exclude=(MANIFEST_NAME,))
+            rel = f"{key}/{version}"
+            manifest = {"key": key, "version": version, "input_version": input_version, "dir": rel,
+                        "uri": storage.uri(rel), "files": files, **info}
+            storage.publish_dir(stage, rel, MANIFEST_NAME, manifest)
+        storage.write_json(pointer, {"dir": rel, "version": version})
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = storage.cache_dir if not storage.is_local else storage.root
+        raise StorageError(f"no space left on the device of {where} while building {key}: nothing was published "
+                           f"and the staging folder was removed; free space there (or point KURA_STORAGE_ROOT / "
+                           f"the cache elsewhere) and rerun: finished outputs are kept") from e
     return load_manifest(storage, rel), False

@@ -12,6 +12,7 @@ phase keeps its total; a phase left with nothing at all is an error.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import random
 from dataclasses import dataclass
@@ -55,8 +56,13 @@ def phase_documents(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDoc
             if perplexity is None:
                 raise MixError(f"mix {spec.name}: phase {phase.name!r}: source {s.label!r} sets max_perplexity "
                                f"but no reference language model was given")
-            ppl = perplexity([d["text"] for d in docs])
-            docs = [{**d, "perplexity": float(p)} for d, p in zip(docs, ppl) if p <= s.max_perplexity]
+            ppl = [float(p) for p in perplexity([d["text"] for d in docs])]
+            cut = {lang: s.max_perplexity for lang in {d.get("lang") for d in docs}}
+            if s.max_perplexity_quantile is not None:
+                cut = {lang: min(cut[lang] if cut[lang] is not None else float("inf"),
+                                 _quantile([p for d, p in zip(docs, ppl) if d.get("lang") == lang],
+                                           s.max_perplexity_quantile)) for lang in cut}
+            docs = [{**d, "perplexity": p} for d, p in zip(docs, ppl) if p <= cut[d.get("lang")]]
         if s.chat_template:
             t = spec.chat_templates[s.chat_template]
             missing = [d["doc_id"] for d in docs if not d.get("turns")]
@@ -67,6 +73,12 @@ def phase_documents(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDoc
             docs = [{**d, "text": conversation_text(json.loads(d["turns"]), t)} for d in docs]
         out[s.label] = docs
     return out
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """The value at rank ceil(q·n) of the sorted values (a document exactly at the cut is kept)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def _take(order, items, target, label):
@@ -131,7 +143,7 @@ def resolve_phase(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs]
         summary["sources"][s.label] = {
             "asset": s.source, "weight": s.weight, "budget_tokens": target, "lang": s.lang,
             "quality_bucket": [s.min_quality, s.max_quality] if s.uses_quality else None,
-            "max_perplexity": s.max_perplexity,
+            "max_perplexity": s.max_perplexity, "max_perplexity_quantile": s.max_perplexity_quantile,
             "chat_template": s.chat_template, "loss_mask": s.loss_mask,
             "upstream_versions": sources[s.source].versions, "documents_available": len(docs),
             "train_tokens_available": available, "tokens_selected": taken,

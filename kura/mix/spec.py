@@ -45,6 +45,11 @@ class MixSource(BaseModel):
     max_perplexity: float | None = Field(None, gt=0, description="Perplexity filter: only documents the "
                                                                    "reference character n-gram LM (reference_lm "
                                                                    "asset) scores at or below this (CCNet-style).")
+    max_perplexity_quantile: float | None = Field(
+        None, gt=0, le=1, description="Perplexity bucket by rank, as CCNet cuts (0.33 = its head, 0.66 = head and "
+                                      "middle): only documents at or below this quantile of the source's "
+                                      "perplexities within their language. Unlike max_perplexity it holds on any "
+                                      "corpus: absolute perplexities depend on the reference LM and the text.")
     max_epochs: float = Field(1.0, ge=1.0, description="How often the source may be repeated to meet its budget.")
     chat_template: str | None = Field(None, description="Render the source's conversations with this template "
                                                         "(a key of the mix's chat_templates).")
@@ -63,6 +68,8 @@ class MixSource(BaseModel):
                 f"{self.max_quality if self.max_quality is not None else 1:g}]"
         if self.max_perplexity is not None:
             q += f"[ppl<={self.max_perplexity:g}]"
+        if self.max_perplexity_quantile is not None:
+            q += f"[ppl<=p{self.max_perplexity_quantile:g}]"
         return self.source + (f"[{self.lang}]" if self.lang else "") + q
 
     @property
@@ -71,7 +78,7 @@ class MixSource(BaseModel):
 
     @property
     def uses_perplexity(self) -> bool:
-        return self.max_perplexity is not None
+        return self.max_perplexity is not None or self.max_perplexity_quantile is not None
 
     @model_validator(mode="after")
     def _one_budget(self) -> "MixSource":
