@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 LOCK    := requirements/constraints-cpu.txt
 HOME_DIR ?= .kura
 
-.PHONY: venv sysdeps demo test test-fast ui bench clean
+.PHONY: venv sysdeps demo test test-faults test-fast ui bench clean
 
 # The lock file is one measured set of exact versions (torch CPU build, vLLM's CPU build, megatron-core, Dagster,
 # DVC, GX, ...). Installing it with --no-deps is deterministic and avoids the resolver (~3.5 min, ~5 GB).
@@ -27,7 +27,11 @@ demo: venv
 	$(BIN)/python -m pipelines.cli demo --home $(HOME_DIR) $(if $(CORPUS),--corpus $(CORPUS),)
 
 test: venv sysdeps
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not faults" tests
+
+# kill -9 in every kind of stage of the demo, resumed each time (tests/test_faults.py; long on 2 cores)
+test-faults: venv sysdeps
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider -m faults tests/test_faults.py
 
 ui: venv
 	$(BIN)/python -m pipelines.cli ui --home $(HOME_DIR) $(if $(CORPUS),--corpus $(CORPUS),)

@@ -88,6 +88,7 @@ def _published_dirs_are_whole(storage_root: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_kill_9_in_every_kind_of_stage_then_resume(graph, tmp_path):
     import dagster as dg
 
