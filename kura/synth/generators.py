@@ -198,6 +198,10 @@ class TransformersGenerator(Generator):
         return out
 
 
+class GenerationError(RuntimeError):
+    """A generation backend that stopped answering, in one sentence: where, how long it was tried, the way out."""
+
+
 @dataclass
 class OpenAICompatibleGenerator(Generator):
     base_url: str
@@ -214,7 +218,7 @@ class OpenAICompatibleGenerator(Generator):
         client = OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0)
 
         def one(prompt, extra):
-            delay = 1.0
+            delay, start = 1.0, time.monotonic()
             for attempt in range(self.max_retries + 1):
                 try:
                     r = client.completions.create(model=self.model, prompt=prompt, max_tokens=sampling.max_tokens,
@@ -222,9 +226,13 @@ class OpenAICompatibleGenerator(Generator):
                                                   seed=request_seed(sampling.seed, prompt), extra_body=extra)
                     return (r.choices[0].text, r.usage.prompt_tokens, r.usage.completion_tokens,
                             r.choices[0].finish_reason or "stop")
-                except Exception:  # noqa: BLE001 - connection errors, 5xx, timeouts: back off and retry
+                except Exception as e:  # noqa: BLE001 - connection errors, 5xx, timeouts: back off and retry
                     if attempt == self.max_retries:
-                        raise
+                        raise GenerationError(
+                            f"the teacher endpoint {self.base_url} (model {self.model}) failed {attempt + 1} tries "
+                            f"over {time.monotonic() - start:.0f} s ({type(e).__name__}: {e}); finished requests "
+                            f"are kept in the shard's request log, so rerunning once the server answers again "
+                            f"resumes there") from e
                     time.sleep(delay)
                     delay *= 2
 
