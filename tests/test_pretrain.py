@@ -252,6 +252,28 @@ def test_killed_run_resumes_from_latest_checkpoint_and_matches(graph, tmp_path):
     b = load_file(str(tmp_path / "killed" / "out" / "model.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
 
+    # repeated faults: killed again the moment each new checkpoint lands (the harshest schedule that still lets a
+    # unit of work finish, i.e. "every N seconds" for N just above one save interval): it still finishes
+    job = _job(tmp_path, packed, p["vocab_size"], p["sequence_length"], "repeated")
+    work, starts = tmp_path / "repeated" / "work", []
+    for _ in range(6):
+        tracker = work / "latest_checkpointed_iteration.txt"
+        before = int(tracker.read_text()) if tracker.exists() else 0
+        starts.append(before)
+        proc = _run(job)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and (not tracker.exists() or int(tracker.read_text()) == before):
+            assert time.monotonic() < deadline, "no progress within one attempt"
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        if (tmp_path / "repeated" / "out" / "model.safetensors").exists():
+            break
+    assert starts == [0, 4, 8], f"each attempt starts at the last checkpoint: {starts}"
+    c = load_file(str(tmp_path / "repeated" / "out" / "model.safetensors"))
+    assert max(float((a[k] - c[k]).abs().max()) for k in a) < 1e-4
+
 
 # --------------------------------------------------------------------- Megatron-LM arguments and the cluster
 
