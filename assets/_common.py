@@ -1,10 +1,7 @@
 """Shared plumbing for assets: content-addressed materialization and Dagster outputs."""
 
-import hashlib
-import inspect
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable
 
 import dagster as dg
@@ -12,16 +9,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kura.io import Storage, materialize_versioned, stable_hash
+from kura.io.codeversion import CodeVersion, code_version
 from kura.io.hashing import content_only
+from kura.io.inputs import describe_change, provenance, versioned_fields
 
 
-def source_version(*modules: ModuleType, extra: str = "") -> str:
-    """Code version = hash of the source of the kura modules an asset runs (plus its own module), so any code
-    change marks the asset stale and a pure refactor elsewhere does not."""
-    h = hashlib.sha256(extra.encode())
-    for m in modules:
-        h.update(inspect.getsource(m).encode())
-    return h.hexdigest()[:12]
+# asset key → what its derived code version covers (read by `python -m pipelines.cli versions`)
+CODE_VERSIONS: dict[str, CodeVersion] = {}
+
+
+def kura_asset(*, code_version_extra: str = "", **kwargs: Any) -> Callable[[Callable], dg.AssetsDefinition]:
+    """`dg.asset` with a derived code version (kura.io.codeversion): the asset function's normalized source plus
+    every project definition and output-determining package it reaches. `code_version_extra` is data a factory
+    bakes into the definition (a run spec, a mix phase), so editing it marks the asset changed."""
+    def decorate(fn: Callable) -> dg.AssetsDefinition:
+        cv = code_version(fn, extra=code_version_extra)
+        assets_def = dg.asset(code_version=cv.hash, **kwargs)(fn)
+        for key in assets_def.keys:
+            CODE_VERSIONS[key.to_user_string()] = cv
+        return assets_def
+    return decorate
 
 
 def upstream_versions(upstream: dict[str, Any]) -> dict[str, Any]:
@@ -41,28 +48,80 @@ def asset_storage_key(context: dg.AssetExecutionContext) -> str:
     return f"{key}/{context.partition_key}" if context.has_partition_key else key
 
 
+def resource_identities(context: dg.AssetExecutionContext) -> dict[str, Any]:
+    """Identities of the resources this asset uses that can change its output (each resource's `identity()`:
+    backend, served model and revision, judge, image; never secrets). Storage and corpus locations have none:
+    outputs are content-addressed wherever they live."""
+    out: dict[str, Any] = {}
+    for key in sorted(context.assets_def.required_resource_keys):
+        ident = getattr(getattr(context.resources, key, None), "identity", None)
+        if callable(ident):
+            out[key] = ident()
+    return out
+
+
+def input_components(context: dg.AssetExecutionContext, config: Any, upstream: dict[str, Any]) -> dict[str, Any]:
+    """What an output's input version covers: the derived code version (and what it reaches), the config fields
+    that can change a result (kura.io.inputs.versioned_fields), upstream data versions, resource identities and
+    the partition."""
+    cv = CODE_VERSIONS.get(context.asset_key.to_user_string())
+    code = cv.describe() if cv else {"hash": context.assets_def.code_versions_by_key.get(context.asset_key) or ""}
+    return {"code": code, "config": versioned_fields(config), "upstream": upstream_versions(upstream),
+            "resources": resource_identities(context),
+            "partition": context.partition_key if context.has_partition_key else None}
+
+
 def input_version_of(context: dg.AssetExecutionContext, config: Any, upstream: dict[str, Any]) -> str:
-    """Hash of code version, config, upstream data versions and partition: what an output is keyed by."""
-    code_version = context.assets_def.code_versions_by_key.get(context.asset_key) or ""
-    cfg = config.model_dump() if hasattr(config, "model_dump") else config
-    return stable_hash({"code": code_version, "config": cfg, "upstream": upstream_versions(upstream),
-                        "partition": context.partition_key if context.has_partition_key else None})
+    """Hash of the input components (code version, config, upstream versions, resources, partition): what an
+    output is keyed by."""
+    return _input_hash(input_components(context, config, upstream))
+
+
+def _input_hash(components: dict[str, Any]) -> str:
+    return stable_hash({**components, "code": components["code"]["hash"]})
+
+
+def previous_components(context: dg.AssetExecutionContext) -> dict | None:
+    """The input components recorded on this asset's (partition's) latest materialization, if any."""
+    flt = dg.AssetRecordsFilter(asset_key=context.asset_key,
+                                asset_partitions=[context.partition_key] if context.has_partition_key else None)
+    records = context.instance.fetch_materializations(flt, limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    md = records[0].asset_materialization.metadata.get("input_components")
+    return getattr(md, "data", None) if md is not None else None
 
 
 def run_versioned(context: dg.AssetExecutionContext, storage: Storage, *, config: Any, upstream: dict[str, Any],
                   build: Callable[[Path], dict]) -> tuple[dict, bool]:
-    """Build (or reuse) the output for these inputs. The input version covers code version, config and upstream
-    data versions; the output folder is named by the content hash of what was built."""
-    manifest, reused = materialize_versioned(storage, asset_storage_key(context),
-                                             input_version_of(context, config, upstream), build)
+    """Build (or reuse) the output for these inputs. The input version covers code version, config, upstream
+    data versions and resource identities; the output folder is named by the content hash of what was built.
+    The manifest records provenance (commit, dirty tree, package versions); the returned one also carries the
+    input components and, against the previous materialization, what changed (shown in the UI by `output`)."""
+    components = input_components(context, config, upstream)
+
+    def build_with_provenance(stage: Path) -> dict:
+        return {**build(stage), "provenance": provenance(components["code"].get("packages"))}
+
+    manifest, reused = materialize_versioned(storage, asset_storage_key(context), _input_hash(components),
+                                             build_with_provenance)
     if reused:
         context.log.info(f"reusing {manifest['uri']} (same inputs as an earlier run)")
-    return manifest, reused
+    try:
+        changes = describe_change(previous_components(context), components)
+    except Exception as e:  # noqa: BLE001 - an explanation must never fail the build it explains
+        context.log.warning(f"could not compare with the previous materialization: {e}")
+        changes = []
+    return {**manifest, "input_components": components, "changes": changes}, reused
 
 
 def output(manifest: dict, reused: bool, **metadata: Any) -> dg.Output:
     md: dict[str, Any] = {"uri": dg.MetadataValue.path(manifest["uri"]), "content_version": manifest["version"],
                           "reused_existing_output": reused}
+    if "input_components" in manifest:  # why this output is what it is: see run_versioned
+        md["input_version"] = manifest.get("input_version", "")
+        md["input_components"] = dg.MetadataValue.json(manifest["input_components"])
+        md["changes"] = dg.MetadataValue.md("\n".join(f"- {line}" for line in manifest["changes"]) or "-")
     for k, v in metadata.items():
         md[k] = dg.MetadataValue.json(v) if isinstance(v, (dict, list)) else v
     return dg.Output(manifest, data_version=dg.DataVersion(manifest["version"]), metadata=md)

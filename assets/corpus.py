@@ -10,15 +10,12 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
 import kura.corpus.readers as readers
-import kura.dedup.exact as exact
 import kura.dedup.incremental as incremental
 import kura.dedup.minhash as minhash
 import kura.quality.expectations as expectations
 import kura.text.filters as filters
-import kura.text.langid as langid
-import kura.text.normalize as normalize
-from assets._common import (DOC_SCHEMA, ParquetRowWriter, bar_chart_md, output, read_parquet, run_versioned,
-                            source_version, write_json, write_parquet)
+from assets._common import (kura_asset, DOC_SCHEMA, ParquetRowWriter, bar_chart_md, output, read_parquet, run_versioned,
+                            write_json, write_parquet)
 from kura.io import sha256_file
 from resources import CorpusResource, StorageResource
 from resources.io_manager import latest_manifest
@@ -43,7 +40,7 @@ class RawCorpusConfig(dg.Config):
     document_too_large without being decoded or extracted."""
 
 
-@dg.asset(partitions_def=corpus_partitions, code_version=source_version(readers), group_name="corpus")
+@kura_asset(partitions_def=corpus_partitions, group_name="corpus")
 def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, corpus: CorpusResource,
                storage: StorageResource) -> dg.Output:
     """Documents of one input file, as parquet. Unreadable files, bad UTF-8, malformed JSON lines and empty files
@@ -81,8 +78,7 @@ class CleanedConfig(dg.Config, filters.CleanConfig):
     """Rule-filter thresholds (see kura.text.filters.CleanConfig)."""
 
 
-@dg.asset(partitions_def=corpus_partitions, group_name="corpus",
-          code_version=source_version(filters, normalize, langid, expectations),
+@kura_asset(partitions_def=corpus_partitions, group_name="corpus",
           check_specs=[dg.AssetCheckSpec("gx_documents_suite", asset="cleaned", blocking=True,
                                          description="great-expectations suite: schema, unique ids, lengths, "
                                                      "languages, no U+FFFD, no NUL. Blocks downstream stages."),
@@ -158,8 +154,7 @@ def accounting_check(st, raw_corpus: dict, m: dict) -> dg.AssetCheckResult:
                                          "dropped_by_reason": dg.MetadataValue.json(dict(reasons))})
 
 
-@dg.asset(group_name="corpus", code_version=source_version(exact, minhash, incremental),
-          ins={"cleaned": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+@kura_asset(group_name="corpus", ins={"cleaned": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
           automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
           & dg.AutomationCondition.all_deps_blocking_checks_passed())
 def deduplicated(context: dg.AssetExecutionContext, config: DedupConfig, cleaned: dict,

@@ -24,7 +24,7 @@ import kura.eval.arena as arena_mod
 import kura.eval.contamination as contamination_mod
 import kura.eval.judge as judge_mod
 import kura.eval.tasks as tasks_mod
-from assets._common import output, png_md, run_versioned, source_version, write_json
+from assets._common import kura_asset, output, png_md, run_versioned, write_json
 from assets.automation import EAGER
 from assets.mix import mix_key
 from assets.pretrain import ckpt_key, hf_key
@@ -142,9 +142,8 @@ def _tmpl(templates: dict, name: str) -> tuple[str, str, str]:
 
 
 def build_eval_tasks(spec: RunSpec, templates: dict) -> dg.AssetsDefinition:
-    @dg.asset(key=dg.AssetKey(["eval_tasks", spec.name]), group_name="evaluation", automation_condition=EAGER,
-              ins={"model": dg.AssetIn(key=hf_key(spec.name))}, code_version=source_version(tasks_mod),
-              description=f"Exact-match tasks for {spec.name}: score and format compliance")
+    @kura_asset(key=dg.AssetKey(["eval_tasks", spec.name]), group_name="evaluation", automation_condition=EAGER,
+              ins={"model": dg.AssetIn(key=hf_key(spec.name))}, description=f"Exact-match tasks for {spec.name}: score and format compliance")
     def eval_tasks(context: dg.AssetExecutionContext, config: TasksConfig, storage: StorageResource,
                    candidates: GeneratorResource, model: dict) -> dg.Output:
         st = storage.get()
@@ -180,9 +179,8 @@ def build_eval_tasks(spec: RunSpec, templates: dict) -> dg.AssetsDefinition:
 
 
 def build_eval_judge(spec: RunSpec, templates: dict) -> dg.AssetsDefinition:
-    @dg.asset(key=dg.AssetKey(["eval_judge", spec.name]), group_name="evaluation", automation_condition=EAGER,
+    @kura_asset(key=dg.AssetKey(["eval_judge", spec.name]), group_name="evaluation", automation_condition=EAGER,
               ins={"model": dg.AssetIn(key=hf_key(spec.name)), "judge_model": dg.AssetIn("teacher_model")},
-              code_version=source_version(judge_mod),
               description=f"MT-Bench-style LLM-as-judge grades of {spec.name}")
     def eval_judge(context: dg.AssetExecutionContext, config: JudgeConfig, storage: StorageResource,
                    candidates: GeneratorResource, judge: GeneratorResource, model: dict,
@@ -203,7 +201,7 @@ def build_eval_judge(spec: RunSpec, templates: dict) -> dg.AssetsDefinition:
                 for r in res["records"]:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
             summary = {k: v for k, v in res.items() if k != "records"}
-            summary.update(model=model["version"], run=spec.name, judge_model=judge_model["version"],
+            summary.update(model=model["version"], run=spec.name, judge_model=judge.model_label(judge_model["version"]),
                            judge_backend=judge.backend, questions=len(questions), answers=answers)
             return summary
 
@@ -234,8 +232,7 @@ def build_contamination(spec: RunSpec, specs: dict[str, RunSpec], phases: list[s
     ins = {"checkpoint": dg.AssetIn(key=ckpt_key(spec.name))}
     ins.update({f"mix_{p}": dg.AssetIn(key=mix_key(p)) for p in phases})
 
-    @dg.asset(key=key, group_name="evaluation", automation_condition=EAGER, ins=ins,
-              code_version=source_version(contamination_mod, tasks_mod, judge_mod),
+    @kura_asset(key=key, group_name="evaluation", automation_condition=EAGER, ins=ins,
               description=f"Evaluation items found in {spec.name}'s training data (through its lineage)",
               check_specs=[dg.AssetCheckSpec("no_contamination", asset=key, blocking=True,
                                              description="No evaluation item's n-grams in the run's training data.")])
@@ -288,8 +285,7 @@ def build_arena(specs: list[RunSpec], templates: dict) -> dg.AssetsDefinition:
     ins = {f"judge_{s.name}": dg.AssetIn(key=dg.AssetKey(["eval_judge", s.name])) for s in specs}
     ins["judge_model"] = dg.AssetIn("teacher_model")
 
-    @dg.asset(name="arena", group_name="evaluation", automation_condition=EAGER, ins=ins,
-              code_version=source_version(arena_mod, judge_mod),
+    @kura_asset(name="arena", group_name="evaluation", automation_condition=EAGER, ins=ins,
               description="Blind pairwise comparisons of all runs (judge votes + human votes): Bradley–Terry / Elo")
     def arena(context: dg.AssetExecutionContext, config: ArenaConfig, storage: StorageResource,
               judge: GeneratorResource, **inputs) -> dg.Output:
@@ -314,7 +310,7 @@ def build_arena(specs: list[RunSpec], templates: dict) -> dg.AssetsDefinition:
             with open(stage / "votes.jsonl", "w", encoding="utf-8") as f:
                 for v in allv:
                     f.write(json.dumps(v, ensure_ascii=False) + "\n")
-            res.update(judge_votes=len(votes), human_votes=len(human), judge_model=inputs["judge_model"]["version"],
+            res.update(judge_votes=len(votes), human_votes=len(human), judge_model=judge.model_label(inputs["judge_model"]["version"]),
                        judge_prompt_version=judge_mod.JUDGE_PROMPT_VERSION,
                        asked=len(questions) * len(runs) * (len(runs) - 1),
                        ties=sum(v["winner"] == "tie" for v in allv),
@@ -364,8 +360,8 @@ def build_leaderboard(specs: list[RunSpec]) -> dg.AssetsDefinition:
         for kind in ("eval_perplexity", "eval_tasks", "eval_judge", "contamination"):
             ins[f"{kind}__{r}"] = dg.AssetIn(key=dg.AssetKey([kind, r]))
 
-    @dg.asset(name="eval_leaderboard", group_name="evaluation", automation_condition=EAGER, ins=ins,
-              code_version=source_version(arena_mod), description="Every checkpoint's evaluations in one table")
+    @kura_asset(name="eval_leaderboard", group_name="evaluation", automation_condition=EAGER, ins=ins,
+              description="Every checkpoint's evaluations in one table")
     def eval_leaderboard(context: dg.AssetExecutionContext, storage: StorageResource, **inputs) -> dg.Output:
         st = storage.get()
         elo = {r["model"]: r for r in inputs["arena"]["leaderboard"]}

@@ -14,12 +14,8 @@ import pyarrow as pa
 
 import kura.mix.resolve as resolve
 import kura.mix.spec as spec_mod
-import kura.pack.bestfit as bestfit
-import kura.pack.chat as chat
 import kura.pack.megatron as packing
-import kura.pack.phase as pack_phase_mod
-import kura.tokenize.parallel as parallel
-from assets._common import output, read_parquet, run_versioned, source_version, write_json, write_parquet
+from assets._common import kura_asset, output, read_parquet, run_versioned, write_json, write_parquet
 from assets.automation import EAGER, ON_EDIT_OR_EAGER
 from assets.tokenizer import corpus_rows, synthetic_rows
 from kura.pack.phase import pack_phase
@@ -90,8 +86,8 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
     budget = ", ".join(f"{s.label}={s.weight:g}" if s.weight is not None else f"{s.label}={s.tokens} tokens"
                        for s in phase.sources)
 
-    @dg.asset(key=mix_key(phase.name), group_name="model_data", ins=ins, automation_condition=ON_EDIT_OR_EAGER,
-              code_version=source_version(spec_mod, resolve, chat, extra=_phase_version_text(mix, phase)),
+    @kura_asset(key=mix_key(phase.name), group_name="model_data", ins=ins, automation_condition=ON_EDIT_OR_EAGER,
+              code_version_extra=_phase_version_text(mix, phase),
               description=f"Mix '{mix.name}', phase '{phase.name}' ({file_name}): {budget}"
                           + (f", replay {phase.replay_fraction:g} of {prev}" if prev else "")
                           + f"; sequence length {phase.sequence_length}.")
@@ -141,9 +137,8 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
 
 
 def _packed_asset(mix, phase) -> dg.AssetsDefinition:
-    @dg.asset(key=packed_key(phase.name), group_name="model_data", automation_condition=EAGER,
+    @kura_asset(key=packed_key(phase.name), group_name="model_data", automation_condition=EAGER,
               ins={"data_mix": dg.AssetIn(key=mix_key(phase.name)), "tokenizer": dg.AssetIn("tokenizer")},
-              code_version=source_version(pack_phase_mod, packing, bestfit, chat, parallel),
               check_specs=[dg.AssetCheckSpec("megatron_readback", asset=packed_key(phase.name), blocking=True,
                                              description="Every .bin/.idx opens with megatron-core's IndexedDataset, "
                                                          "holds the recorded sequence count, and ids < vocab size.")])
@@ -198,8 +193,7 @@ def readback_check(st, m: dict) -> dg.AssetCheckResult:
 def _report_asset(mix) -> dg.AssetsDefinition:
     ins = {f"phase_{p.name}": dg.AssetIn(key=mix_key(p.name)) for p in mix.phases}
 
-    @dg.asset(name="mix_report", group_name="model_data", ins=ins, automation_condition=EAGER,
-              code_version=source_version(extra="mix_report-1"))
+    @kura_asset(name="mix_report", group_name="model_data", ins=ins, automation_condition=EAGER)
     def _report(context: dg.AssetExecutionContext, storage: StorageResource, **phases) -> dg.Output:
         """Tokens per source per phase: a table in metadata and a stacked-bar picture."""
         import base64

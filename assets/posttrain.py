@@ -25,7 +25,7 @@ import kura.eval.perplexity as ppl
 import kura.eval.tasks as tasks_mod
 import kura.train.lora as lora
 import kura.train.trials as trials_mod
-from assets._common import output, png_md, run_versioned, source_version, write_json
+from assets._common import kura_asset, output, png_md, run_versioned, write_json
 from assets.automation import EAGER
 from assets.evaluation import (DEFAULT_QUESTIONS, DEFAULT_TASKS, _generate, _judge_call, _judge_force, _table,
                                _tmpl, read_text_files)
@@ -95,10 +95,10 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
     out: list = []
 
     if dpo_bases:
-        @dg.asset(name="preference_pairs", group_name="post_training", automation_condition=EAGER,
+        @kura_asset(name="preference_pairs", group_name="post_training", automation_condition=EAGER,
                   ins={"synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
                        "base": dg.AssetIn(key=hf_key(dpo_bases[0]))},
-                  code_version=source_version(lora), description=f"chosen = teacher answer, rejected = a sample "
+                  description=f"chosen = teacher answer, rejected = a sample "
                                                                  f"of {dpo_bases[0]} (DPO pairs)")
         def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, storage: StorageResource,
                              candidates: GeneratorResource, synthetic: dict, base: dict) -> dg.Output:
@@ -135,8 +135,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
     if dpo_bases:
         ins["pairs"] = dg.AssetIn("preference_pairs")
 
-    @dg.asset(name="adapter", group_name="post_training", partitions_def=parts, automation_condition=EAGER, ins=ins,
-              code_version=source_version(lora, trials_mod, extra="training_texts.jsonl"),
+    @kura_asset(name="adapter", group_name="post_training", partitions_def=parts, automation_condition=EAGER, ins=ins,
               description="LoRA adapter of one trial (PEFT format) with the texts it was trained on")
     def adapter(context: dg.AssetExecutionContext, storage: StorageResource, post_trainer: PostTrainerResource,
                 **inputs) -> dg.Output:
@@ -183,9 +182,8 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
     mins = {"adapter": dg.AssetIn("adapter")}
     mins.update({f"base_{b}": dg.AssetIn(key=hf_key(b)) for b in bases})
 
-    @dg.asset(name="merged_model", group_name="post_training", partitions_def=parts, automation_condition=EAGER,
-              ins=mins, code_version=source_version(lora, extra="manifest names base_dir"),
-              description="base + adapter merged (merge_and_unload)")
+    @kura_asset(name="merged_model", group_name="post_training", partitions_def=parts, automation_condition=EAGER,
+              ins=mins, description="base + adapter merged (merge_and_unload)")
     def merged_model(context: dg.AssetExecutionContext, storage: StorageResource, **inputs) -> dg.Output:
         st = storage.get()
         spec = trials[context.partition_key]
@@ -209,9 +207,8 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
     eins.update({f"packed_{p}": dg.AssetIn(key=packed_key(p)) for p in phases})
     eins.update({f"contamination_{b}": dg.AssetIn(key=dg.AssetKey(["contamination", b])) for b in bases})
 
-    @dg.asset(name="trial_eval", group_name="post_training", partitions_def=parts, automation_condition=EAGER,
-              ins=eins, code_version=source_version(tasks_mod, ppl, judge_mod, contamination_mod),
-              description="Every trial's tasks (score, format compliance), held-out perplexity, judge grades and "
+    @kura_asset(name="trial_eval", group_name="post_training", partitions_def=parts, automation_condition=EAGER,
+              ins=eins, description="Every trial's tasks (score, format compliance), held-out perplexity, judge grades and "
                           "contamination (its base's, plus its own fine-tuning data)")
     def trial_eval(context: dg.AssetExecutionContext, config: TrialEvalConfig, storage: StorageResource,
                    candidates: GeneratorResource, judge: GeneratorResource, **inputs) -> dg.Output:
@@ -240,7 +237,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
             res = {"trial": context.partition_key, "method": spec.method, "tasks": t["tasks"],
                    "overall": t["overall"], "perplexity": p, "model": model["version"],
                    "judge": {k: v for k, v in graded.items() if k != "records"},
-                   "judge_model": inputs["judge_model"]["version"],
+                   "judge_model": judge.model_label(inputs["judge_model"]["version"]),
                    "contamination": _trial_contamination(st, files, questions, Path(qfile).stem, inputs["adapter"],
                                                          inputs[f"contamination_{spec.base}"])}
             write_json(stage / "trial_eval.json", res)
@@ -263,10 +260,10 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
 
     out.append(trial_eval)
 
-    @dg.asset(name="trial_leaderboard", group_name="post_training", automation_condition=EAGER,
+    @kura_asset(name="trial_leaderboard", group_name="post_training", automation_condition=EAGER,
               ins={"evals": dg.AssetIn("trial_eval", partition_mapping=dg.AllPartitionMapping()),
                    "adapters": dg.AssetIn("adapter", partition_mapping=dg.AllPartitionMapping())},
-              code_version=source_version(tasks_mod, trials_mod), description="Trials ranked by the chosen metric")
+              description="Trials ranked by the chosen metric")
     def trial_leaderboard(context: dg.AssetExecutionContext, config: LeaderboardConfig, storage: StorageResource,
                           evals: dict, adapters: dict) -> dg.Output:
         st = storage.get()
@@ -335,10 +332,10 @@ def _trial_contamination(st, files: dict, questions, qname: str, adapter: dict, 
 def _merge_asset(mg: MergeSpec, trials: dict[str, TrialSpec], parts) -> dg.AssetsDefinition:
     base_run = trials[mg.trials[0]].base
 
-    @dg.asset(key=dg.AssetKey(["model_merge", mg.name]), group_name="post_training", automation_condition=EAGER,
+    @kura_asset(key=dg.AssetKey(["model_merge", mg.name]), group_name="post_training", automation_condition=EAGER,
               ins={"merged": dg.AssetIn("merged_model", partition_mapping=dg.SpecificPartitionsPartitionMapping(
                   list(mg.trials)))},
-              code_version=source_version(lora, extra=json.dumps(mg.model_dump(), sort_keys=True)),
+              code_version_extra=json.dumps(mg.model_dump(), sort_keys=True),
               description=f"{mg.method} merge of {', '.join(mg.trials)}")
     def model_merge(context: dg.AssetExecutionContext, storage: StorageResource, merged: dict):
         """Depends on the trials' merged models only (each names its base), so it rebuilds after them, never

@@ -19,20 +19,18 @@ from typing import Optional
 import dagster as dg
 
 import kura.eval.perplexity as ppl
-import kura.train.cpu_shims as cpu_shims
 import kura.train.export_hf as export_hf
 import kura.train.mcore as mcore
 import kura.train.pretrain as pretrain_mod
-import kura.train.spec as spec_mod
 import kura.train.upcycle as upcycle_mod
-from assets._common import curves_md, input_version_of, output, run_versioned, source_version, write_json
+from assets._common import kura_asset, curves_md, input_version_of, output, run_versioned, write_json
 from assets.automation import EAGER
 from assets.mix import packed_key
+from kura.io.inputs import result_neutral
 from kura.train.spec import RunSpec
 from resources import StorageResource
 from resources.trainer import TrainerResource
 
-TRAIN_CODE = (pretrain_mod, mcore, cpu_shims, spec_mod)
 
 
 def ckpt_key(run: str) -> dg.AssetKey:
@@ -50,8 +48,8 @@ def hf_key(run: str) -> dg.AssetKey:
 class CheckpointConfig(dg.Config):
     train_iters: Optional[int] = None
     """Override the spec's budget (tests, quick looks); None = the spec's train_iters / train_tokens."""
-    keep_work_dir: bool = False
-    """Keep the intermediate resumable checkpoints after the run finished (default: delete them)."""
+    keep_work_dir: bool = result_neutral(False, description="Keep the intermediate resumable checkpoints after "
+                                                            "the run finished (default: delete them).")
 
 
 class UpcycleConfig(dg.Config):
@@ -87,16 +85,16 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
         ins["parent"] = dg.AssetIn(key=ckpt_key(spec.init_from))
     kind = "MoE" if spec.is_moe else "dense"
 
-    @dg.asset(key=ckpt_key(spec.name), group_name="pretraining", ins=ins, automation_condition=EAGER,
+    @kura_asset(key=ckpt_key(spec.name), group_name="pretraining", ins=ins, automation_condition=EAGER,
               description=f"{kind} run on phase {spec.phase}"
                           f"{', from ' + spec.init_from if spec.init_from else ''}. {spec.description}".strip(),
-              code_version=source_version(*TRAIN_CODE, extra=json.dumps(spec.model_dump(), sort_keys=True)),
+              code_version_extra=json.dumps(spec.model_dump(), sort_keys=True),
               kinds={"pytorch"}, tags={"kura/run": spec.name})
     def checkpoint(context: dg.AssetExecutionContext, config: CheckpointConfig, storage: StorageResource,
                    trainer: TrainerResource, **inputs) -> dg.Output:
         st = storage.get()
         packed, tok, parent = inputs["packed"], inputs["tokenizer"], inputs.get("parent")
-        iv = input_version_of(context, config.model_dump(exclude={"keep_work_dir"}), inputs)
+        iv = input_version_of(context, config, inputs)
         work = (Path(st.path("")) if st.is_local else st.cache_dir / "work") / "_work" / "checkpoint" / spec.name / iv
         weights_rel = f"_cluster_weights/{spec.name}/{iv}"  # where a cluster run's pod 0 uploads the final weights
 
@@ -123,7 +121,7 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
             return {"stats": stats, "lineage": lineage, "spec": spec.model_dump(), "vocab_size": packed["vocab_size"],
                     "sequence_length": packed["sequence_length"]}
 
-        m, reused = run_versioned(context, st, config=config.model_dump(exclude={"keep_work_dir"}), upstream=inputs,
+        m, reused = run_versioned(context, st, config=config, upstream=inputs,
                                   build=build)
         if not config.keep_work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -141,11 +139,11 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
 
 
 def build_upcycled(spec: RunSpec) -> dg.AssetsDefinition:
-    @dg.asset(key=upcycled_key(spec.name), group_name="pretraining", automation_condition=EAGER,
+    @kura_asset(key=upcycled_key(spec.name), group_name="pretraining", automation_condition=EAGER,
               ins={"dense": dg.AssetIn(key=ckpt_key(spec.init_from))},
               description=f"{spec.init_from} upcycled to {spec.model.num_experts} experts "
                           f"(top-{spec.model.moe_router_topk})",
-              code_version=source_version(upcycle_mod, mcore, extra=json.dumps(spec.model_dump(), sort_keys=True)),
+              code_version_extra=json.dumps(spec.model_dump(), sort_keys=True),
               kinds={"pytorch"})
     def upcycled(context: dg.AssetExecutionContext, config: UpcycleConfig, storage: StorageResource,
                  dense: dict) -> dg.Output:
@@ -174,10 +172,10 @@ def build_upcycled(spec: RunSpec) -> dg.AssetsDefinition:
 
 
 def build_hf_model(spec: RunSpec) -> dg.AssetsDefinition:
-    @dg.asset(key=hf_key(spec.name), group_name="pretraining", automation_condition=EAGER,
+    @kura_asset(key=hf_key(spec.name), group_name="pretraining", automation_condition=EAGER,
               ins={"checkpoint": dg.AssetIn(key=ckpt_key(spec.name))},
               description=f"checkpoint/{spec.name} as a Hugging Face {'Mixtral' if spec.is_moe else 'Llama'} folder",
-              code_version=source_version(export_hf), kinds={"huggingface"})
+              kinds={"huggingface"})
     def hf_model(context: dg.AssetExecutionContext, storage: StorageResource, checkpoint: dict) -> dg.Output:
         st = storage.get()
 
@@ -195,8 +193,8 @@ def build_eval_perplexity(spec: RunSpec, phases: list[str]) -> dg.AssetsDefiniti
     ins = {f"packed_{p}": dg.AssetIn(key=packed_key(p)) for p in phases}
     ins["model"] = dg.AssetIn(key=hf_key(spec.name))
 
-    @dg.asset(key=dg.AssetKey(["eval_perplexity", spec.name]), group_name="evaluation", ins=ins,
-              automation_condition=EAGER, code_version=source_version(ppl), kinds={"pytorch"},
+    @kura_asset(key=dg.AssetKey(["eval_perplexity", spec.name]), group_name="evaluation", ins=ins,
+              automation_condition=EAGER, kinds={"pytorch"},
               description=f"Held-out perplexity of {spec.name} per phase and language")
     def eval_perplexity(context: dg.AssetExecutionContext, config: PerplexityConfig, storage: StorageResource,
                         **inputs) -> dg.Output:

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 import kura.text.ngram_lm as ngram_lm
 import kura.text.quality_model as qm
-from assets._common import output, read_parquet, run_versioned, source_version, write_json, write_parquet
+from assets._common import kura_asset, output, read_parquet, run_versioned, write_json, write_parquet
 from kura.corpus.default import DefaultCorpusConfig, generate_labelled
 from kura.io import sha256_file
 from resources import StorageResource
@@ -45,7 +45,7 @@ def _jsonl_texts(path: str) -> list[str]:
     return out
 
 
-@dg.asset(group_name="corpus", code_version=source_version(extra="quality_examples-1"))
+@kura_asset(group_name="corpus")
 def quality_examples(context: dg.AssetExecutionContext, config: QualityExamplesConfig,
                      storage: StorageResource) -> dg.Output:
     st = storage.get()
@@ -73,7 +73,7 @@ class QualityClassifierConfig(dg.Config, qm.QualityModelConfig):
     """Every n-th example is held out for the reported AUC and accuracy."""
 
 
-@dg.asset(group_name="corpus", code_version=source_version(qm))
+@kura_asset(group_name="corpus")
 def quality_classifier(context: dg.AssetExecutionContext, config: QualityClassifierConfig, quality_examples: dict,
                        storage: StorageResource) -> dg.Output:
     st = storage.get()
@@ -108,7 +108,7 @@ class ReferenceLMConfig(dg.Config, ngram_lm.NgramLMConfig):
     """Every n-th reference document is held out for the reported perplexities."""
 
 
-@dg.asset(group_name="corpus", code_version=source_version(ngram_lm))
+@kura_asset(group_name="corpus")
 def reference_lm(context: dg.AssetExecutionContext, config: ReferenceLMConfig, quality_examples: dict,
                  storage: StorageResource) -> dg.Output:
     """Character n-gram LM trained on a clean reference set; mix sources keep the low-perplexity head with

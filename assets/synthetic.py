@@ -7,13 +7,12 @@ import dagster as dg
 import pyarrow as pa
 
 import kura.synth.checks as checks
-import kura.synth.generators as generators
 import kura.synth.more_recipes as more_recipes
 import kura.synth.recipes as recipes
-import kura.synth.requestlog as requestlog
 import kura.synth.shard as shard
 import kura.synth.teacher as teacher
-from assets._common import output, read_parquet, run_versioned, source_version, write_json, write_parquet
+from assets._common import kura_asset, output, read_parquet, run_versioned, write_json, write_parquet
+from kura.io.inputs import result_neutral
 from kura.synth.generators import SamplingConfig
 from kura.synth.requestlog import RequestLog
 from resources import GeneratorResource, StorageResource
@@ -42,8 +41,7 @@ class TeacherModelConfig(dg.Config, teacher.TeacherConfig):
     """Training examples drawn (seeded) from the deduplicated corpus."""
 
 
-@dg.asset(group_name="synthetic", code_version=source_version(teacher, recipes),
-          automation_condition=dg.AutomationCondition.eager())
+@kura_asset(group_name="synthetic", automation_condition=dg.AutomationCondition.eager())
 def teacher_model(context: dg.AssetExecutionContext, config: TeacherModelConfig, deduplicated: dict,
                   storage: StorageResource) -> dg.Output:
     """A Llama-architecture teacher in Hugging Face format, trained on rule-based rewrites so it emits the
@@ -115,8 +113,8 @@ class SyntheticConfig(dg.Config):
                 "reanswer": self.reanswer, "problems": self.problems}[kind]
     checks: OutputChecksConfig = OutputChecksConfig()
     """Checks on the generated records and the shard's reject-rate gate."""
-    batch_size: int = 64
-    """Prompts per generation call; each finished batch is appended to the shard's durable request log."""
+    batch_size: int = result_neutral(64, description="Prompts per generation call; each finished batch is appended "
+                                                     "to the shard's durable request log (throughput only).")
 
 
 def request_log_path(st, partition: str, teacher_version: str) -> Path:
@@ -126,8 +124,7 @@ def request_log_path(st, partition: str, teacher_version: str) -> Path:
     return base / "_requests" / "synthetic" / f"{partition}-{teacher_version}.jsonl"
 
 
-@dg.asset(group_name="synthetic", partitions_def=synthetic_partitions,
-          code_version=source_version(recipes, more_recipes, generators, shard, checks, requestlog),
+@kura_asset(group_name="synthetic", partitions_def=synthetic_partitions,
           check_specs=[dg.AssetCheckSpec("reject_rate_within_limit", asset="synthetic", blocking=True,
                                          description="Rejected prompts (parse, validation and output checks) / all "
                                                      "prompts <= checks.max_reject_rate. Blocks downstream.")])

@@ -5,7 +5,7 @@ import dagster as dg
 
 import kura.tokenize.hf_export as hf_export
 import kura.tokenize.spm as spm
-from assets._common import output, read_parquet, run_versioned, source_version
+from assets._common import kura_asset, output, read_parquet, run_versioned
 from assets.automation import EAGER
 from kura.mix.resolve import is_heldout
 from resources import StorageResource
@@ -32,8 +32,7 @@ def synthetic_rows(storage, synthetic: dict) -> list[dict]:
     return rows
 
 
-@dg.asset(group_name="model_data", code_version=source_version(spm, hf_export),
-          ins={"synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())}, automation_condition=EAGER)
+@kura_asset(group_name="model_data", ins={"synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())}, automation_condition=EAGER)
 def tokenizer(context: dg.AssetExecutionContext, config: TokenizerAssetConfig, deduplicated: dict, synthetic: dict,
               storage: StorageResource) -> dg.Output:
     st = storage.get()

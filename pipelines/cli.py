@@ -348,6 +348,39 @@ def k8s_secrets_cmd(args) -> int:
     return 0
 
 
+def versions_cmd(args) -> int:
+    """What each asset's derived code version covers: project modules (with the definitions reached in each),
+    third-party packages and the hash (kura.io.codeversion). `--json` prints it machine-readably."""
+    import json
+
+    import pipelines.definitions  # noqa: F401 - loading the definitions derives every asset's code version
+    from assets._common import CODE_VERSIONS
+
+    keys = sorted(CODE_VERSIONS)
+    if args.asset:
+        keys = [k for k in keys if k == args.asset or k.startswith(args.asset.rstrip("/") + "/")]
+        if not keys:
+            print(f"kura versions: no asset {args.asset!r}; assets are: {', '.join(sorted(CODE_VERSIONS))}",
+                  file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps({k: {**CODE_VERSIONS[k].describe(), "names": CODE_VERSIONS[k].names} for k in keys},
+                         indent=1, sort_keys=True))
+        return 0
+    for k in keys:
+        cv = CODE_VERSIONS[k]
+        print(f"{k}  code version {cv.hash}")
+        for mod, h in cv.modules.items():
+            names = cv.names[mod]
+            shown = ", ".join(names[:8]) + (f", … (+{len(names) - 8})" if len(names) > 8 else "")
+            print(f"  {mod:<28} {h}  {shown}")
+        if cv.packages:
+            print("  packages: " + ", ".join(f"{n}=={v}" for n, v in cv.packages.items()))
+        if cv.extra:
+            print(f"  + definition spec ({len(cv.extra)} characters)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kura", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -371,8 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     ks = sub.add_parser("k8s-secrets", help="print the S3 and model-store Secrets from the environment "
                                             "(pipe into kubectl apply -f -)")
     ks.add_argument("--namespace", default="kura")
+    v = sub.add_parser("versions", help="what an asset's derived code version covers (modules, packages, hash)")
+    v.add_argument("asset", nargs="?", help="asset key, e.g. synthetic or checkpoint/dense_1 (default: all)")
+    v.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
-    commands = {"demo": demo, "ui": ui, "freeze": freeze_cmd, "k8s": k8s_cmd, "k8s-secrets": k8s_secrets_cmd}
+    commands = {"demo": demo, "ui": ui, "freeze": freeze_cmd, "k8s": k8s_cmd, "k8s-secrets": k8s_secrets_cmd,
+                "versions": versions_cmd}
     return commands[args.cmd](args)
 
 

@@ -2,12 +2,19 @@
 the same `vllm.LLM` code the GPU pods run) with transformers as the fallback; `openai` talks to any
 OpenAI-compatible endpoint such as a `vllm serve` deployment (the API key comes from the environment)."""
 
+import functools
 from typing import Literal, Optional
 
 import dagster as dg
 
 from kura.synth.generators import (Generator, OpenAICompatibleGenerator, TransformersGenerator, VllmGenerator,
-                                   vllm_available)
+                                   served_model_identity, vllm_available)
+
+
+@functools.lru_cache(maxsize=32)
+def _served(base_url: str, model: str, api_key: str) -> dict:
+    """One `/v1/models` query per endpoint and process (input versions are computed at every step)."""
+    return served_model_identity(base_url, model, api_key)
 
 
 class GeneratorResource(dg.ConfigurableResource):
@@ -34,6 +41,32 @@ class GeneratorResource(dg.ConfigurableResource):
     s3_endpoint: str = ""
     """KURA_S3_ENDPOINT handed to the pods (backend=kubernetes)."""
 
+    def resolved_backend(self) -> str:
+        if self.backend == "auto":
+            return "vllm" if vllm_available() else "transformers"
+        return self.backend
+
+    def identity(self) -> dict:
+        """What about this resource can change an output (in every input version of the assets that use it):
+        the backend; for an endpoint its URL, served model name and what `/v1/models` says it serves; for GPU
+        pods the image and GPU count. Concurrency, namespaces and the API key are left out."""
+        backend = self.resolved_backend()
+        ident: dict = {"backend": backend}
+        if backend == "openai":
+            ident.update(endpoint=self.base_url, model=self.served_model,
+                         served=_served(self.base_url or "", self.served_model or "", self.api_key or "EMPTY"))
+        elif backend == "kubernetes":
+            ident.update(image=self.image, gpus=self.gpus)
+        return ident
+
+    def model_label(self, local_version: str) -> str:
+        """The name lineage shows for the model this resource runs: the endpoint's served model name for an
+        OpenAI-compatible backend (where it is served and from which weights is in the input version, not in
+        hashed content), else the version of the local model asset it is handed."""
+        if self.resolved_backend() == "openai":
+            return f"endpoint:{self.served_model}"
+        return local_version
+
     def job_config(self):
         from kura.k8s.manifests import GpuPool, VllmJobConfig
 
@@ -57,9 +90,7 @@ class GeneratorResource(dg.ConfigurableResource):
         return gen
 
     def build(self, model_dir: str) -> Generator:
-        backend = self.backend
-        if backend == "auto":
-            backend = "vllm" if vllm_available() else "transformers"
+        backend = self.resolved_backend()
         if backend == "vllm":
             return VllmGenerator(model_dir)
         if backend == "transformers":

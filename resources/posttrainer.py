@@ -26,6 +26,11 @@ class PostTrainerResource(dg.ConfigurableResource):
     s3_endpoint: str = Field("", description="KURA_S3_ENDPOINT handed to the pods.")
     timeout_s: int = Field(24 * 3600, description="Longest a trial Job may take.")
 
+    def identity(self) -> dict:
+        """What can change a trained result: where it trains (local CPU/GPU vs the cluster) and, on the cluster,
+        the image that holds the training stack. Namespaces, buckets, claims and timeouts are left out."""
+        return {"backend": self.backend, **({"image": self.image} if self.backend == "kubernetes" else {})}
+
     def job_object(self, name: str, job_uri: str, result_uri: str) -> dict:
         cfg = PostTrainJobConfig(namespace=self.namespace, image=self.image, gpu=GpuPool(pool=self.gpu_pool,
                                                                                           gpus_per_node=1),

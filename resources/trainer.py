@@ -38,6 +38,11 @@ class TrainerResource(dg.ConfigurableResource):
     s3_endpoint: str = Field("", description="S3 endpoint for Pipes messages; empty = AWS.")
     timeout_s: int = Field(14 * 24 * 3600, description="Longest a cluster run may take.")
 
+    def identity(self) -> dict:
+        """What can change a trained result: where it trains (local CPU/GPU vs the cluster) and, on the cluster,
+        the image that holds the training stack. Namespaces, buckets, claims and timeouts are left out."""
+        return {"backend": self.backend, **({"image": self.image} if self.backend == "kubernetes" else {})}
+
     def job_objects(self, spec: RunSpec, *, seq_length: int, blend: list, dataset_dvc_path: str,
                     parent: Optional[str], extra_env: Optional[dict] = None, export_uri: Optional[str] = None,
                     vocab_size: Optional[int] = None) -> list[dict]:

@@ -202,6 +202,31 @@ class GenerationError(RuntimeError):
     """A generation backend that stopped answering, in one sentence: where, how long it was tried, the way out."""
 
 
+def served_model_identity(base_url: str, model: str, api_key: str = "EMPTY", timeout_s: float = 15.0) -> dict:
+    """Which model an OpenAI-compatible server really serves under `model`: its `/v1/models` entry (id, and the
+    `root` vLLM reports: the weights' path or hub name), so pointing the endpoint at other weights under the same
+    served name changes every input version that names it. Timestamps (`created`) are left out."""
+    import json
+    import urllib.request
+
+    url = base_url.rstrip("/") + "/models"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:  # noqa: S310 - the configured endpoint
+            listing = json.loads(r.read().decode("utf-8"))
+    except Exception as e:  # noqa: BLE001 - refused, timed out, not JSON: one sentence either way
+        raise GenerationError(f"the endpoint {base_url} did not answer {url} ({type(e).__name__}: {e}); start the "
+                              f"server (or fix the configured base URL) and rerun") from e
+    served = {m.get("id"): m for m in listing.get("data", []) if isinstance(m, dict)}
+    if model not in served:
+        raise GenerationError(f"the endpoint {base_url} does not serve a model named {model!r} (it serves: "
+                              f"{', '.join(sorted(map(str, served))) or 'nothing'}); set the served model name "
+                              f"to one of these and rerun")
+    entry = served[model]
+    return {"id": model, "root": entry.get("root") or model, "parent": entry.get("parent"),
+            "max_model_len": entry.get("max_model_len")}
+
+
 @dataclass
 class OpenAICompatibleGenerator(Generator):
     base_url: str
