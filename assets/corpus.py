@@ -46,6 +46,7 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, corpu
     """Documents of one input file, as parquet. Unreadable files, bad UTF-8, malformed JSON lines and empty files
     are quarantined with their reason; nothing raises."""
     pk = context.partition_key
+    fingerprint = corpus.fingerprint(pk)  # before reading: a file changed while it is read is seen next tick
     path = corpus.file(pk)
     try:
         file_hash = sha256_file(path)
@@ -71,7 +72,8 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, corpu
 
     m, reused = run_versioned(context, storage.get(), config=config, upstream={"file": file_hash}, build=build)
     return output(m, reused, documents=m["documents"], rejected=m["rejected"],
-                  rejected_by_reason=m["rejected_by_reason"], source_sha256=m["source_sha256"])
+                  rejected_by_reason=m["rejected_by_reason"], source_sha256=m["source_sha256"],
+                  source_fingerprint=fingerprint)
 
 
 class CleanedConfig(dg.Config, filters.CleanConfig):
@@ -213,9 +215,15 @@ def deduplicated(context: dg.AssetExecutionContext, config: DedupConfig, cleaned
                 "shard_versions": {pk: versions[pk] for pk in order}, "shard_order": order, "shard_files": files,
                 "minhash_algorithm": state.algorithm}
         write_json(stage / "stats.json", info)
+        # shards of deleted input files: their documents are gone from this output (counted in the manifest only,
+        # since the count depends on what was built before, not on these inputs)
+        gone = sorted(set(previous.get("shard_versions", {})) - set(cleaned)) if previous else []
+        info["removed_shards"] = len(gone)
+        info["removed_documents"] = sum(previous.get("kept_by_shard", {}).get(pk, 0) for pk in gone)
         return info
 
     m, reused = run_versioned(context, st, config=config, upstream={"cleaned": cleaned}, build=build)
     return output(m, reused, shards=m["shards"], shards_reused=m["shards_reused"], documents_in=m["documents_in"],
                   kept=m["kept"], duplicates=m["duplicates"], duplicates_by_reason=m["duplicates_by_reason"],
-                  kept_by_lang=m["kept_by_lang"])
+                  kept_by_lang=m["kept_by_lang"], removed_shards=m.get("removed_shards", 0),
+                  removed_documents=m.get("removed_documents", 0))

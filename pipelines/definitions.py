@@ -104,30 +104,97 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dag
              dg.DagsterRunStatus.STARTED]
 
 
-@dg.sensor(job=ingest_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
+def _recorded_fingerprint(instance, key: str) -> str | None:
+    """The input fingerprint the latest `raw_corpus` materialization of partition `key` recorded (None: unknown,
+    e.g. materialized before fingerprints were recorded)."""
+    flt = dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_corpus"), asset_partitions=[key])
+    recs = instance.fetch_materializations(flt, limit=1).records
+    md = recs[0].asset_materialization.metadata if recs and recs[0].asset_materialization else {}
+    return md["source_fingerprint"].value if "source_fingerprint" in md else None
+
+
+def _sensor_state(cursor: str | None) -> dict:
+    """The cursor: {"seen": {file: fingerprint it was last requested or found ingested with}}. An older integer
+    cursor (a position in the partition order) starts an empty ledger; already ingested files are then
+    recognised from their recorded fingerprints instead of being ingested again."""
+    import json
+
+    try:
+        state = json.loads(cursor) if cursor else {}
+    except ValueError:
+        state = {}
+    return state if isinstance(state, dict) and isinstance(state.get("seen"), dict) else {"seen": {}}
+
+
+@dg.sensor(jobs=[ingest_job, curate_job], minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
 def corpus_files_sensor(context: dg.SensorEvaluationContext, corpus: CorpusResource) -> dg.SensorResult:
-    """Adds a `corpus_files` partition for each new file in the corpus folder at once, and requests ingest runs
-    with backpressure: at most `corpus.max_runs_in_flight` ingest runs queued or running. The cursor is a position
-    in the registration order of the partitions (new files are appended in name order), so a crawl of 100,000
-    files is ingested over many ticks instead of flooding the run queue in one (benchmarks/partitions.py);
-    partitions already materialized are skipped, and run keys make a repeated request a no-op."""
+    """Keeps the `corpus_files` partitions equal to the files in the corpus folder, and each ingested partition
+    equal to its file's current bytes:
+    - a new file gets a partition at once and an ingest run;
+    - a changed file (same name, another size/mtime or ETag than when it was ingested) is ingested again, so its
+      new content version flows downstream; run keys carry the fingerprint, so one change is one run;
+    - a deleted file's partition is removed (reported in the tick's log) and `deduplicated` is rebuilt, so its
+      documents leave everything downstream; the rebuild counts the removed shards and documents.
+    Ingest runs are requested with backpressure: at most `corpus.max_runs_in_flight` queued or running, so a crawl
+    of 100,000 files is ingested over many ticks (benchmarks/partitions.py). At most `LOOKUPS_PER_TICK` already
+    ingested files of unknown fingerprint are checked against their recorded one per tick."""
+    import json
+
+    from kura.io import stable_hash
+
+    state = _sensor_state(context.cursor)
+    seen: dict[str, str] = state["seen"]
+    fps = corpus.fingerprints()
     existing = context.instance.get_dynamic_partitions(corpus_partitions.name)
     known = set(existing)
-    new = [k for k in corpus.list_files() if k not in known]
-    order = existing + new
-    start = int(context.cursor or 0)
+    new = [k for k in fps if k not in known]
+    gone = sorted(k for k in known if k not in fps)
     in_flight = context.instance.get_runs_count(dg.RunsFilter(job_name=ingest_job.name, statuses=IN_FLIGHT))
     room = max(0, corpus.max_runs_in_flight - in_flight)
-    done = context.instance.get_materialized_partitions(dg.AssetKey("raw_corpus")) if start < len(order) else set()
-    batch, pos = [], start
-    while pos < len(order) and len(batch) < room:
-        if order[pos] not in done:
-            batch.append(order[pos])
-        pos += 1
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=k, run_key=k) for k in batch],
-        dynamic_partitions_requests=[corpus_partitions.build_add_request(new)] if new else [],
-        cursor=str(pos))
+    unseen = [k for k in fps if k not in seen]
+    done = context.instance.get_materialized_partitions(dg.AssetKey("raw_corpus")) if unseen else set()
+    requests: list[dg.RunRequest] = []
+    changed = [k for k, fp in fps.items() if k in seen and seen[k] != fp]
+    for k in changed:
+        if len(requests) >= room:
+            break
+        context.log.info(f"corpus file {k} changed (fingerprint {seen[k]} → {fps[k]}): ingesting it again")
+        requests.append(dg.RunRequest(job_name=ingest_job.name, partition_key=k, run_key=f"{k}@{fps[k]}"))
+        seen[k] = fps[k]
+    lookups = 0
+    for k in unseen:
+        if len(requests) >= room:
+            break
+        if k in done:
+            if lookups >= LOOKUPS_PER_TICK:
+                continue
+            lookups += 1
+            recorded = _recorded_fingerprint(context.instance, k)
+            if recorded is None or recorded == fps[k]:
+                seen[k] = fps[k]
+                continue
+            context.log.info(f"corpus file {k} differs from when it was ingested: ingesting it again")
+            requests.append(dg.RunRequest(job_name=ingest_job.name, partition_key=k, run_key=f"{k}@{fps[k]}"))
+        else:
+            requests.append(dg.RunRequest(job_name=ingest_job.name, partition_key=k, run_key=k))
+        seen[k] = fps[k]
+    partition_requests = []
+    if new:
+        partition_requests.append(corpus_partitions.build_add_request(new))
+    if gone:
+        context.log.warning(f"{len(gone)} corpus file(s) were deleted ({', '.join(gone[:5])}"
+                            f"{', …' if len(gone) > 5 else ''}): their partitions are removed and deduplicated is "
+                            f"rebuilt without their documents")
+        partition_requests.append(corpus_partitions.build_delete_request(gone))
+        for k in gone:
+            seen.pop(k, None)
+        requests.append(dg.RunRequest(job_name=curate_job.name, asset_selection=[dg.AssetKey("deduplicated")],
+                                      run_key=f"removed:{stable_hash(gone)}", tags={"kura/removed_files": str(len(gone))}))
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests,
+                           cursor=json.dumps({"seen": seen}, separators=(",", ":")))
+
+
+LOOKUPS_PER_TICK = 1000
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -67,6 +67,35 @@ class CorpusResource(dg.ConfigurableResource):
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                       if not p.is_dir() and is_supported(p.name))
 
+    def fingerprints(self) -> dict[str, str]:
+        """{partition key: fingerprint} (size + mtime on a folder, ETag + size on S3): what the corpus sensor
+        compares to notice a file that changed under the same name."""
+        if self.is_remote():
+            return {k: v for k, v in self.storage().fingerprints().items() if is_supported(k.rsplit("/", 1)[-1])}
+        root = self.folder()
+        out = {}
+        for key in self.list_files():
+            try:
+                st = (root / key).stat()
+                out[key] = f"{st.st_size}-{st.st_mtime_ns}"
+            except OSError:  # a dangling link or no permission: quarantined at read, fingerprinted as such
+                out[key] = "unreadable"
+        return out
+
+    def fingerprint(self, key: str) -> str:
+        """The fingerprint of one file, as `fingerprints()` gives it."""
+        if self.is_remote():
+            st = self.storage()
+            from kura.io import stable_hash
+
+            info = st.fs.info(st.path(key))
+            return stable_hash({"etag": str(info.get("ETag", "")), "size": info.get("size")})
+        try:
+            s = (self.folder() / key).stat()
+            return f"{s.st_size}-{s.st_mtime_ns}"
+        except OSError:
+            return "unreadable"
+
     def uri(self, key: str) -> str:
         """Where the file lives (recorded in the raw shard's stats)."""
         return f"{self.path.rstrip('/')}/{key}" if self.is_remote() else str(self.folder() / key)

@@ -63,3 +63,79 @@ def test_nightly_schedule_generates_the_day_that_ended():
     reqs = list(synthetic_nightly.evaluate_tick(ctx).run_requests)
     assert sorted(r.partition_key for r in reqs) == sorted(f"2026-11-21|{k}" for k in RECIPE_KINDS)
     assert synthetic_nightly.cron_schedule == "0 2 * * *"
+
+
+def test_corpus_sensor_reingests_changed_files_and_removes_deleted_ones(tmp_path):
+    """A file rewritten under the same name is ingested again (one run, keyed by its new fingerprint) and its new
+    content version reaches `deduplicated`; a deleted file's partition is removed and `deduplicated` is rebuilt
+    without its documents, counting them."""
+    from pipelines.definitions import build_definitions
+    from pipelines.settings import PIPELINES_DIR, Settings
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    texts = {"a.jsonl": "東京は日本の首都であり、多くの人が住んでいます。", "b.jsonl": "京都には古い寺がたくさんあります。",
+             "c.jsonl": "大阪は食べ物がおいしい町として知られています。"}
+    for name, text in texts.items():
+        (folder / name).write_text("".join(
+            f'{{"id": "{name}-{i}", "text": "{text}{i}番目の文書で、内容は少しずつ違います。これは試験のための文章です。"}}\n'
+            for i in range(3)), encoding="utf-8")
+    s = Settings(env="local", home=tmp_path / "home", storage_root=str(tmp_path / "storage"), corpus_dir=str(folder),
+                 mix_file=PIPELINES_DIR / "mixes" / "default.yaml", s3_endpoint=None)
+    defs = build_definitions(s)
+    instance = dg.DagsterInstance.ephemeral()
+    corpus = CorpusResource(path=str(folder))
+
+    def tick(cursor):
+        r = corpus_files_sensor(dg.build_sensor_context(instance=instance, resources={"corpus": corpus},
+                                                        cursor=cursor))
+        for req in r.dynamic_partitions_requests:
+            if isinstance(req, dg.AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions("corpus_files", list(req.partition_keys))
+            else:
+                for k in req.partition_keys:
+                    instance.delete_dynamic_partition("corpus_files", k)
+        return r
+
+    def ingest(key):
+        assert defs.resolve_job_def("ingest_job").execute_in_process(instance=instance, partition_key=key).success
+
+    def dedup():
+        run = defs.resolve_job_def("curate_job").execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey("deduplicated")])
+        assert run.success
+        return run.output_for_node("deduplicated")
+
+    first = tick(None)
+    assert sorted(r.partition_key for r in first.run_requests) == sorted(texts)
+    for k in texts:
+        ingest(k)
+    d0 = dedup()
+    assert d0["documents_in"] == 9 and d0["removed_shards"] == 0
+    quiet = tick(first.cursor)
+    assert quiet.run_requests == [] and quiet.dynamic_partitions_requests == []
+
+    before = instance.get_latest_materialization_event(dg.AssetKey("raw_corpus")).asset_materialization
+    (folder / "a.jsonl").write_text('{"id": "a-new", "text": "書き換えられたファイルの新しい文書です。内容は前と違います。"}\n',
+                                    encoding="utf-8")
+    changed = tick(quiet.cursor)
+    assert [(r.partition_key, r.run_key.split("@")[0]) for r in changed.run_requests] == [("a.jsonl", "a.jsonl")]
+    assert changed.run_requests[0].run_key != "a.jsonl", "the re-ingest is keyed by the new fingerprint"
+    assert tick(changed.cursor).run_requests == [], "one change, one run"
+    ingest("a.jsonl")
+    after = instance.get_latest_materialization_event(dg.AssetKey("raw_corpus")).asset_materialization
+    assert after.partition == "a.jsonl" and after.metadata["source_sha256"] != before.metadata["source_sha256"]
+    d1 = dedup()
+    assert d1["documents_in"] == 7 and d1["version"] != d0["version"]
+
+    (folder / "b.jsonl").unlink()
+    removed = tick(changed.cursor)
+    assert [type(r).__name__ for r in removed.dynamic_partitions_requests] == ["DeleteDynamicPartitionsRequest"]
+    assert list(removed.dynamic_partitions_requests[0].partition_keys) == ["b.jsonl"]
+    assert [(r.job_name, r.asset_selection) for r in removed.run_requests] == [
+        ("curate_job", [dg.AssetKey("deduplicated")])]
+    assert "b.jsonl" not in instance.get_dynamic_partitions("corpus_files")
+    d2 = dedup()
+    assert d2["documents_in"] == 4 and d2["removed_shards"] == 1
+    assert d2["removed_documents"] == d1["kept_by_shard"]["b.jsonl"] and d2["kept"] == d1["kept"] - d2["removed_documents"]
+    assert tick(removed.cursor).run_requests == []

@@ -263,6 +263,26 @@ class Storage:
                 out.append(r)
         return sorted(out)
 
+    def fingerprints(self, rel: str = "") -> dict[str, str]:
+        """{path: fingerprint} of every file under `rel`: size and modification time on a folder, ETag and size on
+        an object store, from one listing. A changed fingerprint means the bytes may have changed (the content
+        hash that the reader records then decides); the same fingerprint means they did not."""
+        if self.is_local:
+            base = Path(self.path(rel))
+            out = {}
+            for p in base.rglob("*"):
+                try:
+                    if p.is_file():
+                        st = p.stat()
+                        out[p.relative_to(Path(self.root)).as_posix()] = f"{st.st_size}-{st.st_mtime_ns}"
+                except OSError:  # vanished or unreadable: the reader quarantines it, the fingerprint says so
+                    out[p.relative_to(Path(self.root)).as_posix()] = "unreadable"
+            return dict(sorted(out.items()))
+        found = self._remote(f"list {self.uri(rel)}", self.fs.find, self.path(rel), detail=True)
+        return dict(sorted((p[len(self._root_path):].lstrip("/"),
+                            stable_hash({"etag": str(i.get("ETag", "")), "size": i.get("size")}))
+                           for p, i in found.items() if not p.endswith("/")))
+
     def local_file(self, rel: str) -> Path:
         """A local copy of one file (the file itself on a local root). On an object store the object is streamed
         to a cache file keyed by its ETag and size (a changed object gets a new copy), written to a temp name and
