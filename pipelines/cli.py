@@ -85,6 +85,8 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
         log(f"  ingest {f:28s} kept {c.get('kept', '-'):>5} dropped {c.get('dropped', '-'):>4} "
             f"rejected-at-read {out['raw_corpus'].get(f, {}).get('rejected', '-'):>3} "
             f"{'CHECK FAILED ' + ','.join(failed) if failed else 'checks ok'} ({time.perf_counter() - t:.1f}s)")
+    # one summary version of every cleaned shard, so staleness reaches `deduplicated` through its big fan-in
+    defs.resolve_job_def("corpus_snapshot_job").execute_in_process(instance=instance, run_config=QUIET)
     syn_pk = synthetic_key(day or daily_partitions.get_last_partition_key())  # the demo teacher knows Q&A only
     steps = [("curate_job", None), ("synthetic_job", syn_pk), ("model_job", None)]
     if "post_training_job" in {j.name for j in defs.jobs}:

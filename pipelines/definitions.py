@@ -16,7 +16,7 @@ import dagster as dg
 import yaml
 from dagster_k8s import k8s_job_executor
 
-from assets.corpus import cleaned, corpus_partitions, deduplicated, raw_corpus
+from assets.corpus import cleaned, corpus_partitions, corpus_snapshot, deduplicated, raw_corpus
 from assets.frozen import frozen_dataset
 from assets.mix import build_mix_assets, load_mix_spec
 from assets.quality import quality_classifier, quality_examples, reference_lm
@@ -88,6 +88,8 @@ def build_resources(s: Settings) -> dict:
 
 ingest_job = dg.define_asset_job("ingest_job", selection=INGEST, partitions_def=corpus_partitions,
                                  description="Read and clean one corpus file (one partition).")
+corpus_snapshot_job = dg.define_asset_job("corpus_snapshot_job", selection=["corpus_snapshot"],
+                                         description="Observe the cleaned shards' versions (one summary version).")
 curate_job = dg.define_asset_job("curate_job", selection=CURATE,
                                  description="Dedup across shards; train the teacher, the quality classifier and the "
                                             "reference LM.")
@@ -226,7 +228,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                             description="DPO preference pairs (teacher answer vs base model sample)."),
     ] if trials else []
     return dg.Definitions(
-        assets=[raw_corpus, cleaned, deduplicated, teacher_model, quality_examples, quality_classifier, reference_lm,
+        assets=[raw_corpus, cleaned, corpus_snapshot, deduplicated, teacher_model, quality_examples, quality_classifier,
+                reference_lm,
                 synthetic,
                 tokenizer,
                 *build_mix_assets(s.mix_file, mix),
@@ -234,7 +237,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 *build_evaluation_assets(runs, phases, templates),
                 *build_post_training_assets(trials, merges, phases, templates, trial_parts),
                 *frozen_sources()],
-        jobs=[ingest_job, curate_job, synthetic_job, model_job, *post_jobs],
+        jobs=[ingest_job, corpus_snapshot_job, curate_job, synthetic_job, model_job, *post_jobs],
         executor=k8s_job_executor if s.env == "cluster" else None,
         schedules=[synthetic_nightly],
         sensors=[corpus_files_sensor,

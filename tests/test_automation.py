@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import dagster as dg
+import pytest
 
 from kura.corpus.default import DefaultCorpusConfig, write_default_corpus
 from assets.synthetic import RECIPE_KINDS
@@ -139,3 +140,60 @@ def test_corpus_sensor_reingests_changed_files_and_removes_deleted_ones(tmp_path
     assert d2["documents_in"] == 4 and d2["removed_shards"] == 1
     assert d2["removed_documents"] == d1["kept_by_shard"]["b.jsonl"] and d2["kept"] == d1["kept"] - d2["removed_documents"]
     assert tick(removed.cursor).run_requests == []
+
+
+@pytest.mark.slow
+def test_staleness_reaches_through_a_fan_in_of_150_shards(tmp_path):
+    """Dagster computes no staleness through an edge that fans in more than 100 partitions; kura's one-partition
+    `corpus_snapshot` carries it: after one of 150 shards changes, deduplicated is STALE in Dagster's own
+    stale-status API (and FRESH without the snapshot observation: the gap it closes), automation requests it and its
+    downstream, and once it is rebuilt its downstream (teacher_model) is STALE in turn."""
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from pipelines.definitions import build_definitions
+    from pipelines.settings import PIPELINES_DIR, Settings
+
+    folder = tmp_path / "crawl"
+    folder.mkdir()
+    for i in range(150):
+        (folder / f"page-{i:03d}.jsonl").write_text(
+            f'{{"text": "第{i}号の記事です。この町の{i * 7 % 13}番目の通りには古い店が{i % 9 + 2}軒並んでいます。"}}\n',
+            encoding="utf-8")
+    s = Settings(env="local", home=tmp_path / "home", storage_root=str(tmp_path / "storage"), corpus_dir=str(folder),
+                 mix_file=PIPELINES_DIR / "mixes" / "default.yaml", s3_endpoint=None)
+    defs = build_definitions(s)
+    instance = dg.DagsterInstance.ephemeral()
+    keys = sorted(p.name for p in folder.iterdir())
+    instance.add_dynamic_partitions("corpus_files", keys)
+    ingest = defs.resolve_job_def("ingest_job")
+    for k in keys:
+        assert ingest.execute_in_process(instance=instance, partition_key=k).success
+    observe = defs.resolve_job_def("corpus_snapshot_job")
+    assert observe.execute_in_process(instance=instance).success
+    tiny_teacher = {"ops": {"teacher_model": {"config": {"steps": 2, "max_examples": 20}}}}
+    curate = defs.resolve_job_def("curate_job")
+    assert curate.execute_in_process(instance=instance, run_config=tiny_teacher, asset_selection=[
+        dg.AssetKey("deduplicated"), dg.AssetKey("teacher_model")]).success
+    graph = defs.resolve_asset_graph()
+
+    def status(key):
+        r = get_stale_status_resolver(instance, list(graph.assets_defs))
+        return r.get_status(dg.AssetKey(key)), [(c.reason, c.dependency and c.dependency.asset_key.to_user_string())
+                                                for c in r.get_stale_causes(dg.AssetKey(key))]
+
+    assert status("deduplicated")[0] == status("teacher_model")[0] == StaleStatus.FRESH
+    before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    (folder / "page-042.jsonl").write_text('{"text": "書き換えられた記事です。内容は前とまったく違います。"}\n',
+                                           encoding="utf-8")
+    assert ingest.execute_in_process(instance=instance, partition_key="page-042.jsonl").success
+    assert status("deduplicated")[0] == StaleStatus.FRESH, "Dagster's own edge: >100 partitions, no staleness"
+    assert observe.execute_in_process(instance=instance).success
+    st, causes = status("deduplicated")
+    assert st == StaleStatus.STALE and ("has a new dependency data version", "corpus_snapshot") in causes
+    due = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
+    assert due.get_num_requested(dg.AssetKey("deduplicated")) == 1
+    assert due.get_num_requested(dg.AssetKey("teacher_model")) == 1, "the eager cascade, in the same tick"
+    assert curate.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("deduplicated")]).success
+    assert status("deduplicated")[0] == StaleStatus.FRESH
+    assert status("teacher_model")[0] == StaleStatus.STALE
