@@ -1,8 +1,11 @@
 """Automation conditions shared by the stages.
 
 Dagster's staleness is not transitive (a changed mix marks only `data_mix` stale), so kura makes the cascade
-explicit: the mix carries `code_version_changed() | EAGER` and everything downstream `EAGER`; one tick of the
-automation sensor then requests the mix and all its downstream stages together, nothing upstream.
+explicit: the assets that embed a YAML spec in their code version (a mix phase, a run — its checkpoint and
+upcycling —, a merge) carry `code_version_changed() | EAGER` and everything downstream `EAGER`; one tick of the
+automation sensor then requests the edited asset and all its downstream stages together, nothing upstream. Code
+edits elsewhere mark assets stale (derived code versions) and are rebuilt from the UI, not automatically: a change
+to a module every stage reaches would otherwise retrain everything unasked.
 `any_deps_missing` is dropped from eager because the synthetic asset has one partition per day and days that were
 never generated are expected. Blocking checks gate the stages that follow, except the synthetic shards' gate: a
 failed shard is recorded and every reader skips it by itself (`synthetic_rows` reads gate-passed shards only), so one

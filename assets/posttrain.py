@@ -26,7 +26,7 @@ import kura.eval.tasks as tasks_mod
 import kura.train.lora as lora
 import kura.train.trials as trials_mod
 from assets._common import kura_asset, output, png_md, run_versioned, write_json
-from assets.automation import EAGER
+from assets.automation import EAGER, ON_EDIT_OR_EAGER
 from assets.evaluation import (DEFAULT_QUESTIONS, DEFAULT_TASKS, _generate, _judge_call, _judge_force, _table,
                                _tmpl, read_text_files)
 from assets.mix import mix_key, packed_key
@@ -332,7 +332,8 @@ def _trial_contamination(st, files: dict, questions, qname: str, adapter: dict, 
 def _merge_asset(mg: MergeSpec, trials: dict[str, TrialSpec], parts) -> dg.AssetsDefinition:
     base_run = trials[mg.trials[0]].base
 
-    @kura_asset(key=dg.AssetKey(["model_merge", mg.name]), group_name="post_training", automation_condition=EAGER,
+    @kura_asset(key=dg.AssetKey(["model_merge", mg.name]), group_name="post_training",
+                automation_condition=ON_EDIT_OR_EAGER,
               ins={"merged": dg.AssetIn("merged_model", partition_mapping=dg.SpecificPartitionsPartitionMapping(
                   list(mg.trials)))},
               code_version_extra=json.dumps(mg.model_dump(), sort_keys=True),

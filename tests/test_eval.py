@@ -252,7 +252,7 @@ def test_evaluation_data_loads_from_s3(s3_server):
 # ------------------------------------------------------------------------------- real vLLM servers
 
 @pytest.mark.slow
-def test_judge_and_candidate_through_real_vllm_servers(graph, tmp_path):
+def test_judge_and_candidate_through_real_vllm_servers(graph, tmp_path, monkeypatch):
     """Candidate (dense_2's HF export) and judge (the teacher) each served by vLLM's OpenAI-compatible server
     (CPU build) on 127.0.0.1; the task runner, the multi-turn answers and the grading go over HTTP."""
     from kura.synth.generators import OpenAICompatibleGenerator, SamplingConfig
@@ -285,3 +285,43 @@ def test_judge_and_candidate_through_real_vllm_servers(graph, tmp_path):
         assert all(r["rationale"] is not None and 1 <= r["attempts"] <= 2 for r in res["records"])
         assert res["retries"] == res["parse_failures"] + sum(1 for r in res["records"] if r["attempts"] == 2
                                                               and not r["parse_failed"]), "every failure re-asked"
+
+        # the judge endpoint is in the grades' lineage: pointing KURA_JUDGE_URL at the served teacher rebuilds
+        # eval_judge (through Dagster) with the endpoint's identity in its input version; the same judge again is
+        # a no-op, and a result-neutral judge setting (request concurrency) changes nothing
+        from pipelines.definitions import build_definitions
+        from resources import GeneratorResource
+
+        key = dg.AssetKey(["eval_judge", "dense_1"])
+        local = graph.instance.get_latest_materialization_event(key).asset_materialization
+        monkeypatch.setenv("KURA_JUDGE_URL", judge_url)
+        monkeypatch.setenv("KURA_JUDGE_MODEL", "judge")
+        monkeypatch.setenv("KURA_JUDGE_API_KEY", "EMPTY")
+        defs = build_definitions()
+
+        def grade_through_dagster(judge_resource=None):
+            if judge_resource is None:  # the way the UI and `make demo` run it
+                run = defs.resolve_job_def("model_job").execute_in_process(instance=graph.instance,
+                                                                          asset_selection=[key])
+            else:
+                run = dg.materialize(list(defs.assets), selection=[key], instance=graph.instance,
+                                     resources={**defs.resources, "judge": judge_resource})
+            assert run.success
+            return graph.instance.get_latest_materialization_event(key).asset_materialization
+
+        served = grade_through_dagster()
+        md = served.metadata
+        assert md["reused_existing_output"].value is False and md["judge_model"].value == "endpoint:judge"
+        ident = md["input_components"].value["resources"]["judge"]
+        assert ident["backend"] == "openai" and ident["endpoint"] == judge_url
+        assert ident["served"]["root"] == str(graph.out["teacher_model"]["uri"])
+        assert "resources.judge.backend: transformers → openai" in md["changes"].value
+        assert served.tags["dagster/data_version"] != local.tags["dagster/data_version"] or \
+            md["input_version"].value != local.metadata["input_version"].value
+        again = grade_through_dagster()
+        assert again.metadata["reused_existing_output"].value is True
+        assert again.metadata["changes"].value == "- nothing (same inputs)"
+        assert "api_key" not in json.dumps(again.metadata["input_components"].value)
+        calmer = grade_through_dagster(GeneratorResource(backend="openai", base_url=judge_url, served_model="judge",
+                                                         api_key="EMPTY", max_concurrency=1))
+        assert calmer.metadata["reused_existing_output"].value is True, "concurrency cannot change a grade"

@@ -98,6 +98,44 @@ def test_openai_backend_against_a_real_vllm_server(graph, vllm_server, monkeypat
 
 
 @pytest.mark.slow
+def test_teacher_endpoint_is_in_the_shards_lineage(graph, vllm_server):
+    """Pointing the generator at an OpenAI-compatible endpoint (here vLLM serving the same teacher) re-materializes
+    the day's shard through Dagster with the endpoint and what it serves in the input version; generating again is a
+    no-op, and a result-neutral setting (request concurrency) changes nothing."""
+    import dagster as dg
+
+    from assets.synthetic import synthetic_key
+    from resources import GeneratorResource
+    from tests.conftest import TINY_OPS
+
+    key, pk = dg.AssetKey("synthetic"), synthetic_key(graph.day)
+    local = graph.out["synthetic"][graph.syn]
+
+    def generate(concurrency: int):
+        gen = GeneratorResource(backend="openai", base_url=vllm_server, served_model="teacher", api_key="EMPTY",
+                                max_concurrency=concurrency)
+        run = dg.materialize(list(graph.defs.assets), selection=[key], partition_key=pk, instance=graph.instance,
+                             resources={**graph.defs.resources, "generator": gen},
+                             run_config={"ops": {"synthetic": {"config": TINY_OPS["synthetic"]}}})
+        assert run.success
+        return run.output_for_node("synthetic"), graph.instance.get_latest_materialization_event(
+            key).asset_materialization.metadata
+
+    served, md = generate(4)
+    assert md["reused_existing_output"].value is False and served["input_version"] != local["input_version"]
+    ident = md["input_components"].value["resources"]["generator"]
+    assert ident["backend"] == "openai" and ident["endpoint"] == vllm_server and ident["model"] == "teacher"
+    assert ident["served"]["root"] == str(graph.out["teacher_model"]["uri"])
+    assert any(line.startswith("resources.generator.backend: ") and line.endswith("→ openai")
+               for line in md["changes"].value.split("\n- "))
+    a = pq.read_table(Path(served["uri"]) / "records.parquet").column("completion").to_pylist()
+    b = pq.read_table(Path(local["uri"]) / "records.parquet").column("completion").to_pylist()
+    assert len(a) >= len(b) - 1, "the same teacher over HTTP: (nearly) the same greedy shard"
+    again, md2 = generate(1)
+    assert md2["reused_existing_output"].value is True and again["dir"] == served["dir"]
+
+
+@pytest.mark.slow
 def test_constrained_choice_agrees_across_backends(graph, vllm_server):
     """Guided choice (what a judge's forced grade uses): vLLM's structured outputs through the HTTP server and the
     offline worker, and the transformers fallback's greedy search over the choices' tokens, pick the same grade."""
