@@ -336,3 +336,32 @@ def test_one_mix_edit_rebuilds_every_affected_asset_exactly_once(graph):
         write_mix(graph.mix_file)  # leave the session's mix as it was
         drive(build_definitions(), graph.instance, cursor=result.cursor if "result" in dir() else None,
               run_config_for=config_for)
+
+
+@pytest.mark.slow
+def test_one_run_spec_edit_rebuilds_exactly_that_run_and_downstream_once(graph, tmp_path, monkeypatch):
+    """Edit moe_1's run spec (its learning rate): automation rebuilds upcycled/moe_1, checkpoint/moe_1 and what
+    reads them, each exactly once, and nothing of dense_1/dense_2 or the trials (based on dense_2)."""
+    import shutil
+
+    import yaml
+
+    from pipelines.definitions import build_definitions
+    from tests.automation_driver import drive
+
+    def config_for(keys):
+        names = {k.to_python_identifier() for k in keys}
+        return {"ops": {k: {"config": v} for k, v in TINY_OPS.items() if k in names}}
+
+    settle = drive(graph.defs, graph.instance, run_config_for=config_for)
+    runs = tmp_path / "runs"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "pipelines" / "runs", runs)
+    doc = yaml.safe_load((runs / "moe_1.yaml").read_text())
+    doc["optim"]["lr"] = 2.0e-3
+    (runs / "moe_1.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.setenv("KURA_RUNS_DIR", str(runs))
+    result = drive(build_definitions(), graph.instance, cursor=settle.cursor, run_config_for=config_for)
+    assert result.twice() == {} and result.violations == []
+    assert {k for k, _ in result.materialized()} == {
+        "upcycled/moe_1", "checkpoint/moe_1", "hf_model/moe_1", "eval_perplexity/moe_1", "eval_tasks/moe_1",
+        "eval_judge/moe_1", "contamination/moe_1", "arena", "eval_leaderboard"}
