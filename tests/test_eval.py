@@ -299,12 +299,19 @@ def test_judge_and_candidate_through_real_vllm_servers(graph, tmp_path, monkeypa
         monkeypatch.setenv("KURA_JUDGE_API_KEY", "EMPTY")
         defs = build_definitions()
 
+        # two questions and short replies: the tiny judge serves a 512-token context
+        two = tmp_path / "two_questions.jsonl"
+        two.write_text("".join((ROOT / "pipelines" / "evals" / "mt_bench_ja.jsonl").read_text(
+            encoding="utf-8").splitlines(keepends=True)[:2]), encoding="utf-8")
+        cfg = {"ops": {"eval_judge__dense_1": {"config": {"questions": str(two), "max_tokens": 16,
+                                                          "judge_max_tokens": 32}}}}
+
         def grade_through_dagster(judge_resource=None):
             if judge_resource is None:  # the way the UI and `make demo` run it
                 run = defs.resolve_job_def("model_job").execute_in_process(instance=graph.instance,
-                                                                          asset_selection=[key])
+                                                                          asset_selection=[key], run_config=cfg)
             else:
-                run = dg.materialize(list(defs.assets), selection=[key], instance=graph.instance,
+                run = dg.materialize(list(defs.assets), selection=[key], instance=graph.instance, run_config=cfg,
                                      resources={**defs.resources, "judge": judge_resource})
             assert run.success
             return graph.instance.get_latest_materialization_event(key).asset_materialization

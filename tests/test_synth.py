@@ -127,7 +127,7 @@ def test_teacher_endpoint_is_in_the_shards_lineage(graph, vllm_server):
     assert ident["backend"] == "openai" and ident["endpoint"] == vllm_server and ident["model"] == "teacher"
     assert ident["served"]["root"] == str(graph.out["teacher_model"]["uri"])
     assert any(line.startswith("resources.generator.backend: ") and line.endswith("→ openai")
-               for line in md["changes"].value.split("\n- "))
+               for line in (raw.removeprefix("- ") for raw in md["changes"].value.splitlines())), md["changes"].value
     a = pq.read_table(Path(served["uri"]) / "records.parquet").column("completion").to_pylist()
     b = pq.read_table(Path(local["uri"]) / "records.parquet").column("completion").to_pylist()
     assert len(a) >= len(b) - 1, "the same teacher over HTTP: (nearly) the same greedy shard"
