@@ -1,5 +1,6 @@
 """Shared plumbing for assets: content-addressed materialization and Dagster outputs."""
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -8,6 +9,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from assets.models_in_use import OBSERVED_RESOURCES, resource_key
 from kura.io import Storage, materialize_versioned, stable_hash
 from kura.io.codeversion import CodeVersion, code_version
 from kura.io.hashing import content_only
@@ -21,9 +23,14 @@ CODE_VERSIONS: dict[str, CodeVersion] = {}
 def kura_asset(*, code_version_extra: str = "", **kwargs: Any) -> Callable[[Callable], dg.AssetsDefinition]:
     """`dg.asset` with a derived code version (kura.io.codeversion): the asset function's normalized source plus
     every project definition and output-determining package it reaches. `code_version_extra` is data a factory
-    bakes into the definition (a run spec, a mix phase), so editing it marks the asset changed."""
+    bakes into the definition (a run spec, a mix phase), so editing it marks the asset changed. An asset that takes
+    an observed resource (`generator`, `judge`: assets/models_in_use.py) depends on that resource's observation, so
+    another model behind it makes the asset stale and automation rebuilds it."""
     def decorate(fn: Callable) -> dg.AssetsDefinition:
         cv = code_version(fn, extra=code_version_extra)
+        uses = [n for n in inspect.signature(fn).parameters if n in OBSERVED_RESOURCES]
+        if uses:
+            kwargs["deps"] = [*kwargs.get("deps", []), *(resource_key(n) for n in uses)]
         assets_def = dg.asset(code_version=cv.hash, **kwargs)(fn)
         for key in assets_def.keys:
             CODE_VERSIONS[key.to_user_string()] = cv

@@ -189,10 +189,19 @@ def corpus_snapshot(context) -> dg.DataVersion:
     return dg.DataVersion(stable_hash(versions))
 
 
+# Rebuilt when the snapshot of shard versions changes, not on each `cleaned` partition's update: the snapshot is
+# what says "the set of shards is different", and reacting to both would build twice per changed file (once when the
+# shard lands, once when the minute observation sees it). A deleted file only shows in the snapshot. Still waits
+# while any shard is being ingested and while a blocking check on one failed.
+DEDUP_AUTOMATION = (dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
+                    .replace("any_deps_updated", dg.AutomationCondition.any_deps_updated()
+                             .ignore(dg.AssetSelection.assets("cleaned")))
+                    & dg.AutomationCondition.all_deps_blocking_checks_passed())
+
+
 @kura_asset(group_name="corpus", ins={"cleaned": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
             deps=[corpus_snapshot],  # staleness through the >100-partition fan-in (see corpus_snapshot)
-            automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
-            & dg.AutomationCondition.all_deps_blocking_checks_passed())
+            automation_condition=DEDUP_AUTOMATION)
 def deduplicated(context: dg.AssetExecutionContext, config: DedupConfig, cleaned: dict,
                  storage: StorageResource) -> dg.Output:
     """Exact and near duplicates removed across every cleaned shard, incrementally: shards already processed by

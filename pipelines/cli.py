@@ -87,6 +87,8 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
             f"{'CHECK FAILED ' + ','.join(failed) if failed else 'checks ok'} ({time.perf_counter() - t:.1f}s)")
     # one summary version of every cleaned shard, so staleness reaches `deduplicated` through its big fan-in
     defs.resolve_job_def("corpus_snapshot_job").execute_in_process(instance=instance, run_config=QUIET)
+    # which teacher and judge are behind the resources now: another model makes what they produced stale
+    defs.resolve_job_def("observe_models_job").execute_in_process(instance=instance, run_config=QUIET)
     syn_pk = synthetic_key(day or daily_partitions.get_last_partition_key())  # the demo teacher knows Q&A only
     steps = [("curate_job", None), ("synthetic_job", syn_pk), ("model_job", None)]
     if "post_training_job" in {j.name for j in defs.jobs}:

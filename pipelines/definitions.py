@@ -18,6 +18,7 @@ from dagster_k8s import k8s_job_executor
 
 from assets.corpus import cleaned, corpus_partitions, corpus_snapshot, deduplicated, raw_corpus
 from assets.frozen import frozen_dataset
+from assets.models_in_use import resource_observations
 from assets.mix import build_mix_assets, load_mix_spec
 from assets.quality import quality_classifier, quality_examples, reference_lm
 from assets.synthetic import synthetic, synthetic_partitions, teacher_model
@@ -90,6 +91,8 @@ ingest_job = dg.define_asset_job("ingest_job", selection=INGEST, partitions_def=
                                  description="Read and clean one corpus file (one partition).")
 corpus_snapshot_job = dg.define_asset_job("corpus_snapshot_job", selection=["corpus_snapshot"],
                                          description="Observe the cleaned shards' versions (one summary version).")
+observe_models_job = dg.define_asset_job("observe_models_job", selection=dg.AssetSelection.key_prefixes(["resource"]),
+                                         description="Observe which models the generator and judge resources reach.")
 curate_job = dg.define_asset_job("curate_job", selection=CURATE,
                                  description="Dedup across shards; train the teacher, the quality classifier and the "
                                             "reference LM.")
@@ -128,15 +131,16 @@ def _sensor_state(cursor: str | None) -> dict:
     return state if isinstance(state, dict) and isinstance(state.get("seen"), dict) else {"seen": {}}
 
 
-@dg.sensor(jobs=[ingest_job, curate_job], minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
+@dg.sensor(jobs=[ingest_job], minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
 def corpus_files_sensor(context: dg.SensorEvaluationContext, corpus: CorpusResource) -> dg.SensorResult:
     """Keeps the `corpus_files` partitions equal to the files in the corpus folder, and each ingested partition
     equal to its file's current bytes:
     - a new file gets a partition at once and an ingest run;
     - a changed file (same name, another size/mtime or ETag than when it was ingested) is ingested again, so its
       new content version flows downstream; run keys carry the fingerprint, so one change is one run;
-    - a deleted file's partition is removed (reported in the tick's log) and `deduplicated` is rebuilt, so its
-      documents leave everything downstream; the rebuild counts the removed shards and documents.
+    - a deleted file's partition is removed (reported in the tick's log); the next `corpus_snapshot` observation
+      then differs, which makes `deduplicated` stale and the automation sensor rebuilds it (once) without the
+      file's documents; the rebuild counts the removed shards and documents.
     Ingest runs are requested with backpressure: at most `corpus.max_runs_in_flight` queued or running, so a crawl
     of 100,000 files is ingested over many ticks (benchmarks/partitions.py). At most `LOOKUPS_PER_TICK` already
     ingested files of unknown fingerprint are checked against their recorded one per tick."""
@@ -185,13 +189,11 @@ def corpus_files_sensor(context: dg.SensorEvaluationContext, corpus: CorpusResou
         partition_requests.append(corpus_partitions.build_add_request(new))
     if gone:
         context.log.warning(f"{len(gone)} corpus file(s) were deleted ({', '.join(gone[:5])}"
-                            f"{', …' if len(gone) > 5 else ''}): their partitions are removed and deduplicated is "
-                            f"rebuilt without their documents")
+                            f"{', …' if len(gone) > 5 else ''}): their partitions are removed; deduplicated is "
+                            f"stale from the next corpus snapshot and is rebuilt without their documents")
         partition_requests.append(corpus_partitions.build_delete_request(gone))
         for k in gone:
             seen.pop(k, None)
-        requests.append(dg.RunRequest(job_name=curate_job.name, asset_selection=[dg.AssetKey("deduplicated")],
-                                      run_key=f"removed:{stable_hash(gone)}", tags={"kura/removed_files": str(len(gone))}))
     return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests,
                            cursor=json.dumps({"seen": seen}, separators=(",", ":")))
 
@@ -236,8 +238,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 *build_pretraining_assets(runs, phases),
                 *build_evaluation_assets(runs, phases, templates),
                 *build_post_training_assets(trials, merges, phases, templates, trial_parts),
-                *frozen_sources()],
-        jobs=[ingest_job, corpus_snapshot_job, curate_job, synthetic_job, model_job, *post_jobs],
+                *frozen_sources(), *resource_observations],
+        jobs=[ingest_job, corpus_snapshot_job, observe_models_job, curate_job, synthetic_job, model_job, *post_jobs],
         executor=k8s_job_executor if s.env == "cluster" else None,
         schedules=[synthetic_nightly],
         sensors=[corpus_files_sensor,

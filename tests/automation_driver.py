@@ -28,11 +28,22 @@ class Drive:
         return {k: n for k, n in self.counts.items() if n > 1}
 
 
-def drive(defs: dg.Definitions, instance, cursor=None, run_config_for=None, max_ticks: int = 12) -> Drive:
-    """Evaluate and execute until a tick requests nothing. `run_config_for(keys)` gives each run's config."""
+OBSERVE_JOBS = ("corpus_snapshot_job", "observe_models_job")
+
+
+def drive(defs: dg.Definitions, instance, cursor=None, run_config_for=None, max_ticks: int = 12,
+          observe: tuple[str, ...] | None = None) -> Drive:
+    """Evaluate and execute until a tick requests nothing. `run_config_for(keys)` gives each run's config.
+    Before each tick the observable sources are observed (`observe`: job names; default the corpus snapshot and
+    the model resources present in `defs`), as their minute crons do in a deployment, so a changed input is seen."""
     graph = defs.resolve_asset_graph()
     out = Drive(cursor=cursor)
+    names = {j.name for j in defs.jobs}
+    observe = tuple(j for j in OBSERVE_JOBS if j in names) if observe is None else observe
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     for _ in range(max_ticks):
+        for job in observe:
+            defs.resolve_job_def(job).execute_in_process(instance=instance, run_config=quiet)
         res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=out.cursor)
         out.cursor = res.cursor
         groups: dict[str | None, list[dg.AssetKey]] = defaultdict(list)

@@ -68,8 +68,8 @@ def test_nightly_schedule_generates_the_day_that_ended():
 
 def test_corpus_sensor_reingests_changed_files_and_removes_deleted_ones(tmp_path):
     """A file rewritten under the same name is ingested again (one run, keyed by its new fingerprint) and its new
-    content version reaches `deduplicated`; a deleted file's partition is removed and `deduplicated` is rebuilt
-    without its documents, counting them."""
+    content version reaches `deduplicated`; a deleted file's partition is removed, the next corpus snapshot makes
+    `deduplicated` due for automation, and its rebuild leaves the file's documents out, counting them."""
     from pipelines.definitions import build_definitions
     from pipelines.settings import PIPELINES_DIR, Settings
 
@@ -133,9 +133,12 @@ def test_corpus_sensor_reingests_changed_files_and_removes_deleted_ones(tmp_path
     removed = tick(changed.cursor)
     assert [type(r).__name__ for r in removed.dynamic_partitions_requests] == ["DeleteDynamicPartitionsRequest"]
     assert list(removed.dynamic_partitions_requests[0].partition_keys) == ["b.jsonl"]
-    assert [(r.job_name, r.asset_selection) for r in removed.run_requests] == [
-        ("curate_job", [dg.AssetKey("deduplicated")])]
+    assert removed.run_requests == [], "nothing to ingest: the snapshot, not the sensor, makes deduplicated stale"
     assert "b.jsonl" not in instance.get_dynamic_partitions("corpus_files")
+    due = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert defs.resolve_job_def("corpus_snapshot_job").execute_in_process(instance=instance).success
+    due = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=due.cursor)
+    assert due.get_num_requested(dg.AssetKey("deduplicated")) == 1, "the observed removal makes it due"
     d2 = dedup()
     assert d2["documents_in"] == 4 and d2["removed_shards"] == 1
     assert d2["removed_documents"] == d1["kept_by_shard"]["b.jsonl"] and d2["kept"] == d1["kept"] - d2["removed_documents"]
