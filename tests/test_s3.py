@@ -133,9 +133,9 @@ def test_whole_demo_dag_on_s3(s3_server, tmp_path, monkeypatch, graph):
             assert out["packed_dataset"][phase]["uri"].startswith(f"s3://{s3_server.bucket}/demo-s3/packed_dataset/")
         assert set(out["cleaned"]) == {p.name for p in (tmp_path / "corpus").iterdir()}
         runs = instance.get_runs()
-        # ingest per file, the corpus snapshot's observation, curate, synthetic, model, preference pairs, one run per
-        # trial, trial summary
-        assert len(runs) == len(out["cleaned"]) + 1 + 3 + 2 + len(out["adapter"]) and all(r.is_success for r in runs)
+        # ingest per file, the corpus snapshot's observation, the teacher's and judge's observation, curate, synthetic,
+        # model, preference pairs, one run per trial, trial summary
+        assert len(runs) == len(out["cleaned"]) + 1 + 1 + 3 + 2 + len(out["adapter"]) and all(r.is_success for r in runs)
         for key in ("cleaned", "checkpoint/dense_1", "packed_dataset/web"):
             md = instance.get_latest_materialization_event(dg.AssetKey.from_user_string(key))
             assert s3_server.secret not in str(md) and s3_server.key not in str(md)
