@@ -12,6 +12,7 @@ import kura.synth.recipes as recipes
 import kura.synth.shard as shard
 import kura.synth.teacher as teacher
 from assets._common import kura_asset, output, read_parquet, run_versioned, write_json, write_parquet
+from assets.automation import REGENERATE_FOR_NEW_TEACHER
 from kura.io.inputs import result_neutral
 from kura.synth.generators import SamplingConfig
 from kura.synth.requestlog import RequestLog
@@ -125,7 +126,7 @@ def request_log_path(st, partition: str, teacher_version: str) -> Path:
 
 
 @kura_asset(group_name="synthetic", partitions_def=synthetic_partitions,
-          check_specs=[dg.AssetCheckSpec("reject_rate_within_limit", asset="synthetic", blocking=True,
+          automation_condition=REGENERATE_FOR_NEW_TEACHER, check_specs=[dg.AssetCheckSpec("reject_rate_within_limit", asset="synthetic", blocking=True,
                                          description="Rejected prompts (parse, validation and output checks) / all "
                                                      "prompts <= checks.max_reject_rate. Blocks downstream.")])
 def synthetic(context: dg.AssetExecutionContext, config: SyntheticConfig, deduplicated: dict, teacher_model: dict,

@@ -68,7 +68,10 @@ def build_resources(s: Settings) -> dict:
                                  **(s3_credentials(s) if s.corpus_dir.startswith("s3://") else {})),
         "generator": GeneratorResource(backend="kubernetes", namespace=s.k8s_namespace, image=s.image_vllm,
                                        gpu_pool=s.gpu_pool, s3_endpoint=s.s3_endpoint or "")
-        if s.env == "cluster" else GeneratorResource(backend="auto"),
+        if s.env == "cluster" else GeneratorResource(backend="openai", base_url=s.teacher_url,
+                                                     served_model=s.teacher_served_model,
+                                                     api_key=dg.EnvVar("KURA_TEACHER_API_KEY"))
+        if s.teacher_url else GeneratorResource(backend="auto"),
         "trainer": TrainerResource(backend="kubernetes", namespace=s.k8s_namespace, image=s.image_megatron,
                                    gpu_pool=s.gpu_pool, pipes_bucket=s.pipes_bucket, s3_endpoint=s.s3_endpoint or "")
         if s.env == "cluster" else TrainerResource(backend="local"),
@@ -91,7 +94,9 @@ ingest_job = dg.define_asset_job("ingest_job", selection=INGEST, partitions_def=
                                  description="Read and clean one corpus file (one partition).")
 corpus_snapshot_job = dg.define_asset_job("corpus_snapshot_job", selection=["corpus_snapshot"],
                                          description="Observe the cleaned shards' versions (one summary version).")
-observe_models_job = dg.define_asset_job("observe_models_job", selection=dg.AssetSelection.key_prefixes(["resource"]),
+# include_sources: without it a key-prefix selection leaves observable sources out and the job observes nothing
+observe_models_job = dg.define_asset_job("observe_models_job",
+                                         selection=dg.AssetSelection.key_prefixes(["resource"], include_sources=True),
                                          description="Observe which models the generator and judge resources reach.")
 curate_job = dg.define_asset_job("curate_job", selection=CURATE,
                                  description="Dedup across shards; train the teacher, the quality classifier and the "

@@ -27,6 +27,10 @@ class Settings:
     judge_url: str = ""
     post_training_dir: Path = PIPELINES_DIR / "post_training"
     judge_model: str = "judge"
+    teacher_url: str = ""
+    """An OpenAI-compatible endpoint (e.g. `vllm serve`) that writes the synthetic shards instead of the local
+    teacher_model (KURA_TEACHER_URL; its key from KURA_TEACHER_API_KEY)."""
+    teacher_served_model: str = "teacher"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -48,4 +52,6 @@ class Settings:
                    pipes_bucket=os.environ.get("KURA_PIPES_BUCKET", ""),
                    judge_url=os.environ.get("KURA_JUDGE_URL", ""),
                    post_training_dir=Path(os.environ.get("KURA_POST_TRAINING_DIR", PIPELINES_DIR / "post_training")),
-                   judge_model=os.environ.get("KURA_JUDGE_MODEL", "judge"))
+                   judge_model=os.environ.get("KURA_JUDGE_MODEL", "judge"),
+                   teacher_url=os.environ.get("KURA_TEACHER_URL", ""),
+                   teacher_served_model=os.environ.get("KURA_TEACHER_MODEL", "teacher"))

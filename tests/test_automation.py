@@ -107,12 +107,32 @@ def test_corpus_sensor_reingests_changed_files_and_removes_deleted_ones(tmp_path
         assert run.success
         return run.output_for_node("deduplicated")
 
+    # the corpus stages alone (their downstream follows by the same eager conditions, as after a mix edit),
+    # driven tick after tick with the sensor's conditions and the snapshot observed before each tick
+    from pipelines.definitions import corpus_snapshot_job
+    from tests.automation_driver import drive
+
+    stages = {"raw_corpus", "cleaned", "corpus_snapshot", "deduplicated"}
+    corpus_defs = dg.Definitions(assets=[a for a in defs.assets if getattr(a, "key", None)
+                                         and a.key.to_user_string() in stages],
+                                 resources=defs.resources, jobs=[corpus_snapshot_job])
+    cursor = None
+
+    def automated() -> dict:
+        nonlocal cursor
+        result = drive(corpus_defs, instance, cursor=cursor)
+        cursor = result.cursor
+        assert result.violations == []
+        ev = instance.get_latest_materialization_event(dg.AssetKey("deduplicated"))
+        return dict(result.counts), ev.asset_materialization.metadata
+
     first = tick(None)
     assert sorted(r.partition_key for r in first.run_requests) == sorted(texts)
     for k in texts:
         ingest(k)
     d0 = dedup()
     assert d0["documents_in"] == 9 and d0["removed_shards"] == 0
+    assert automated()[0] == {}, "settled: nothing due"
     quiet = tick(first.cursor)
     assert quiet.run_requests == [] and quiet.dynamic_partitions_requests == []
 
@@ -126,8 +146,11 @@ def test_corpus_sensor_reingests_changed_files_and_removes_deleted_ones(tmp_path
     ingest("a.jsonl")
     after = instance.get_latest_materialization_event(dg.AssetKey("raw_corpus")).asset_materialization
     assert after.partition == "a.jsonl" and after.metadata["source_sha256"] != before.metadata["source_sha256"]
-    d1 = dedup()
-    assert d1["documents_in"] == 7 and d1["version"] != d0["version"]
+    counts, md = automated()
+    assert counts == {("deduplicated", None): 1}, "the changed file: one rebuild"
+    d1 = dedup()  # the same inputs again: reused, and its manifest to compare with
+    assert d1["documents_in"] == 7 and d1["version"] != d0["version"] and md["documents_in"].value == 7
+    assert automated()[0] == {}, "a reuse with the same version is no update"
 
     (folder / "b.jsonl").unlink()
     removed = tick(changed.cursor)
@@ -139,10 +162,22 @@ def test_corpus_sensor_reingests_changed_files_and_removes_deleted_ones(tmp_path
     assert defs.resolve_job_def("corpus_snapshot_job").execute_in_process(instance=instance).success
     due = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=due.cursor)
     assert due.get_num_requested(dg.AssetKey("deduplicated")) == 1, "the observed removal makes it due"
+    counts, md = automated()
+    assert counts == {("deduplicated", None): 1}, "the deleted file: one rebuild"
     d2 = dedup()
     assert d2["documents_in"] == 4 and d2["removed_shards"] == 1
     assert d2["removed_documents"] == d1["kept_by_shard"]["b.jsonl"] and d2["kept"] == d1["kept"] - d2["removed_documents"]
     assert tick(removed.cursor).run_requests == []
+    assert automated()[0] == {}, "settled again"
+
+    (folder / "d.jsonl").write_text("".join(
+        f'{{"id": "d-{i}", "text": "名古屋は城と味噌かつで知られる町です。{i}番目の文書で、内容は少しずつ違います。これは試験のための文章です。"}}\n'
+        for i in range(3)), encoding="utf-8")
+    added = tick(removed.cursor)
+    assert [r.partition_key for r in added.run_requests] == ["d.jsonl"]
+    ingest("d.jsonl")
+    counts, md = automated()
+    assert counts == {("deduplicated", None): 1} and md["documents_in"].value == 7, "the new file: one rebuild"
 
 
 @pytest.mark.slow
@@ -200,3 +235,34 @@ def test_staleness_reaches_through_a_fan_in_of_150_shards(tmp_path):
     assert curate.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("deduplicated")]).success
     assert status("deduplicated")[0] == StaleStatus.FRESH
     assert status("teacher_model")[0] == StaleStatus.STALE
+
+
+def test_model_resources_are_observed_with_their_identity(tmp_path, monkeypatch):
+    """`observe_models_job` records one observation per model resource (the teacher behind `generator`, the judge)
+    whose data version is the hash of the resource's identity; an endpoint that does not answer fails the
+    observation with one sentence naming it, and the API key appears nowhere."""
+    from kura.io import stable_hash
+    from pipelines.definitions import build_definitions
+    from pipelines.settings import PIPELINES_DIR, Settings
+    from tests.conftest import free_port
+
+    def settings(**kw):
+        return Settings(env="local", home=tmp_path / "home", storage_root=str(tmp_path / "storage"),
+                        corpus_dir=str(tmp_path), mix_file=PIPELINES_DIR / "mixes" / "default.yaml",
+                        s3_endpoint=None, **kw)
+
+    instance = dg.DagsterInstance.ephemeral()
+    defs = build_definitions(settings())
+    assert defs.resolve_job_def("observe_models_job").execute_in_process(instance=instance).success
+    for name in ("generator", "judge"):
+        rec = instance.fetch_observations(dg.AssetKey(["resource", name]), limit=1).records[0].asset_observation
+        ident = defs.resources[name].identity()
+        assert rec.metadata["identity"].value == ident and rec.data_version == stable_hash(ident)
+    monkeypatch.setenv("KURA_JUDGE_API_KEY", "sk-secret-judge-key")
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    run = build_definitions(settings(judge_url=url)).resolve_job_def("observe_models_job").execute_in_process(
+        instance=instance, raise_on_error=False)
+    assert not run.success
+    failure = next(e for e in run.all_events if e.is_step_failure).event_specific_data.error
+    assert f"the endpoint {url} did not answer" in failure.to_string()
+    assert "sk-secret-judge-key" not in failure.to_string()

@@ -332,3 +332,45 @@ def test_judge_and_candidate_through_real_vllm_servers(graph, tmp_path, monkeypa
         calmer = grade_through_dagster(GeneratorResource(backend="openai", base_url=judge_url, served_model="judge",
                                                          api_key="EMPTY", max_concurrency=1))
         assert calmer.metadata["reused_existing_output"].value is True, "concurrency cannot change a grade"
+
+        # the same switch with the automation sensor's own conditions: the next observation of `resource/judge`
+        # (another model behind the judge) makes every grade stale; tick after tick each eval_judge/<run>, the
+        # arena, the leaderboard and the trials' evaluations (judged too) materialize exactly once, nothing else
+        from tests.automation_driver import drive
+        from tests.conftest import TINY_OPS
+
+        def config_for(keys):
+            names = {k.to_python_identifier() for k in keys}
+            ops = {k: {"config": v} for k, v in TINY_OPS.items() if k in names}
+            ops.update({n: {"config": {"questions": str(two), "max_tokens": 16, "judge_max_tokens": 32}}
+                        for n in names if n.startswith("eval_judge__")})
+            if "arena" in names:
+                ops["arena"] = {"config": {"judge_max_tokens": 32, "bootstrap": 20}}
+            return {"ops": ops}
+
+        settle = drive(defs, graph.instance, run_config_for=config_for, observe=())
+        switched = drive(defs, graph.instance, cursor=settle.cursor, run_config_for=config_for)
+        agraph = defs.resolve_asset_graph()
+        judged, frontier = set(), [dg.AssetKey(["resource", "judge"])]
+        while frontier:
+            for child in agraph.get(frontier.pop()).child_keys:
+                if child not in judged:
+                    judged.add(child)
+                    frontier.append(child)
+        assert switched.twice() == {} and switched.violations == []
+        assert {k for k, _ in switched.materialized()} == {k.to_user_string() for k in judged} == {
+            "eval_judge/dense_1", "eval_judge/dense_2", "eval_judge/moe_1", "arena", "eval_leaderboard",
+            "trial_eval", "trial_leaderboard"}
+        arena_md = graph.instance.get_latest_materialization_event(dg.AssetKey("arena")).asset_materialization
+        assert arena_md.metadata["judge_votes"].value > 0 and "resources.judge.backend" in \
+            arena_md.metadata["changes"].value
+
+        # back to the local judge (the session's other tests expect it): the original grades are reused
+        monkeypatch.delenv("KURA_JUDGE_URL")
+        local_defs = build_definitions()
+        back = drive(local_defs, graph.instance, cursor=switched.cursor,
+                     run_config_for=lambda keys: {"ops": {k: {"config": v} for k, v in TINY_OPS.items()
+                                                          if k in {x.to_python_identifier() for x in keys}}})
+        assert back.twice() == {} and {k for k, _ in back.materialized()} == {k.to_user_string() for k in judged}
+        restored = graph.instance.get_latest_materialization_event(key).asset_materialization
+        assert restored.metadata["input_version"].value == local.metadata["input_version"].value

@@ -98,6 +98,61 @@ def test_openai_backend_against_a_real_vllm_server(graph, vllm_server, monkeypat
 
 
 @pytest.mark.slow
+def test_a_new_teacher_makes_exactly_the_shards_and_their_downstream_due(graph, vllm_server, monkeypatch):
+    """KURA_TEACHER_URL points the generator at another teacher (vLLM's server): the next observation of
+    `resource/generator` changes its data version, Dagster's own stale status marks every synthetic shard stale for
+    it, nothing upstream changes status, and the automation sensor's conditions request
+    exactly the synthetic partitions (their downstream follows tick after tick, as after a mix edit). The same
+    teacher observed again requests nothing; back to the local teacher, the shards are fresh again."""
+    import dagster as dg
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from pipelines.definitions import build_definitions
+
+    def status(defs, keys):
+        r = get_stale_status_resolver(graph.instance, list(defs.resolve_asset_graph().assets_defs))
+        return {k: r.get_status(k, None) for k in keys}
+
+    def observe(defs):
+        assert defs.resolve_job_def("observe_models_job").execute_in_process(instance=graph.instance).success
+
+    agraph = graph.defs.resolve_asset_graph()
+    syn = dg.AssetKey("synthetic")
+    shards = graph.instance.get_materialized_partitions(syn)
+    upstream = [dg.AssetKey(k) for k in ("deduplicated", "teacher_model", "quality_classifier", "reference_lm")]
+    before = status(graph.defs, upstream)
+    monkeypatch.setenv("KURA_TEACHER_URL", vllm_server)
+    monkeypatch.setenv("KURA_TEACHER_MODEL", "teacher")
+    monkeypatch.setenv("KURA_TEACHER_API_KEY", "EMPTY")
+    defs = build_definitions()
+    tick0 = dg.evaluate_automation_conditions(defs=defs, instance=graph.instance)
+    observe(defs)
+    ident = graph.instance.get_latest_data_version_record(dg.AssetKey(["resource", "generator"])).asset_observation
+    assert ident.metadata["identity"].value["endpoint"] == vllm_server
+    r = get_stale_status_resolver(graph.instance, list(defs.resolve_asset_graph().assets_defs))
+    for pk in shards:
+        assert r.get_status(syn, pk) == StaleStatus.STALE, pk
+        assert any(getattr(c.dependency, "asset_key", c.dependency) == dg.AssetKey(["resource", "generator"])
+                   for c in r.get_stale_causes(syn, pk)), pk
+    # (Dagster's stale status does not cross the shards' fan-in into data_mix/instruct; what reads the shards is
+    # rebuilt by the eager conditions once they are, as the mix-edit cascade in test_graph shows)
+    assert status(defs, upstream) == before, "nothing upstream of the shards changes"
+    tick1 = dg.evaluate_automation_conditions(defs=defs, instance=graph.instance, cursor=tick0.cursor)
+    requested = {k.to_user_string() for k in agraph.get_all_asset_keys()
+                 if agraph.get(k).is_materializable and tick1.get_num_requested(k) > 0}
+    assert requested == {"synthetic"} and set(tick1.get_requested_partitions(syn)) == set(shards)
+    observe(defs)
+    tick2 = dg.evaluate_automation_conditions(defs=defs, instance=graph.instance, cursor=tick1.cursor)
+    assert tick2.total_requested == 0, "the same teacher observed again is no update"
+
+    monkeypatch.delenv("KURA_TEACHER_URL")
+    observe(graph.defs)  # back to the local teacher: the shards were made by it
+    r = get_stale_status_resolver(graph.instance, list(graph.defs.resolve_asset_graph().assets_defs))
+    assert all(r.get_status(syn, pk) == StaleStatus.FRESH for pk in shards)
+
+
+@pytest.mark.slow
 def test_teacher_endpoint_is_in_the_shards_lineage(graph, vllm_server):
     """Pointing the generator at an OpenAI-compatible endpoint (here vLLM serving the same teacher) re-materializes
     the day's shard through Dagster with the endpoint and what it serves in the input version; generating again is a
