@@ -27,40 +27,59 @@ KILLS = [("cleaned", 3, 0.3), ("deduplicated", 1, 0.5), ("teacher_model", 1, 4.0
          ("upcycled", 1, 0.5), ("eval_tasks", 1, 1.0), ("adapter", 1, 2.0)]
 
 
-def _step_starts(instance, since: float) -> list[tuple[float, str]]:
-    """(timestamp, step key) of every step started in runs created after `since`, oldest first."""
-    import dagster as dg
+class _StepWatch:
+    """(timestamp, step key) of every step started in runs created after `since`, read from the attempt's live
+    Dagster event log. The instance is opened once and a finished run's starts are read once: polling every
+    0.2 s must not take the CPU the attempt needs (reopening the instance and rereading every run did)."""
 
-    out = []
-    for run in instance.get_runs(filters=dg.RunsFilter(created_after=datetime.fromtimestamp(since, tz=timezone.utc))):
-        for rec in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START):
-            out.append((rec.timestamp, rec.step_key))
-    return sorted(out)
+    def __init__(self, dagster_home: Path, since: float):
+        self.home, self.since, self.inst, self.done = dagster_home, since, None, {}
+
+    def starts(self) -> list[tuple[float, str]]:
+        import dagster as dg
+
+        if self.inst is None:
+            if not (self.home / "dagster.yaml").exists():
+                return []
+            self.inst = dg.DagsterInstance.from_config(str(self.home))
+        out = []
+        created = datetime.fromtimestamp(self.since, tz=timezone.utc)
+        for run in self.inst.get_runs(filters=dg.RunsFilter(created_after=created)):
+            if run.run_id in self.done:
+                out += self.done[run.run_id]
+                continue
+            recs = [(r.timestamp, r.step_key)
+                    for r in self.inst.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)]
+            if run.is_finished:
+                self.done[run.run_id] = recs
+            out += recs
+        return sorted(out)
+
+    def close(self):
+        if self.inst is not None:
+            self.inst.dispose()
 
 
 def _attempt(home: Path, env: dict, kill: tuple[str, int, float] | None, timeout: float = 900) -> dict:
     """Run the driver once; SIGKILL its process group `delay` s after the n-th start of a matching step."""
-    import dagster as dg
-
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "tests.fault_driver", str(home)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     killed_in = None
+    watch = _StepWatch(home / "dagster_home", t0 - 1)
     try:
         while proc.poll() is None and kill and killed_in is None:
             time.sleep(0.2)
             if time.time() - t0 > timeout:
                 break
-            if not (home / "dagster_home" / "dagster.yaml").exists():
-                continue
-            with dg.DagsterInstance.from_config(str(home / "dagster_home")) as inst:
-                starts = [(ts, k) for ts, k in _step_starts(inst, t0 - 1) if k.startswith(kill[0])]
+            starts = [(ts, k) for ts, k in watch.starts() if k.startswith(kill[0])]
             if len(starts) >= kill[1]:
                 time.sleep(max(0.0, starts[kill[1] - 1][0] + kill[2] - time.time()))
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed_in = starts[kill[1] - 1][1]
         out, _ = proc.communicate(timeout=timeout)
     finally:
+        watch.close()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

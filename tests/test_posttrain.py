@@ -1,6 +1,7 @@
 """Post-training: trial specs and grids, the 4-trial grid on the tiny model (adapters reload exactly, merged
 logits match base+adapter, replay visible in the data manifest, DPO pairs), merges, the trial Job."""
 import json
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -258,3 +259,37 @@ def test_a_trial_added_to_the_grid_is_trained_and_evaluated_exactly_once(graph, 
         instance=graph.instance, asset_selection=[dg.AssetKey("trial_leaderboard")])
     assert run.success and run.output_for_node("trial_leaderboard")["rows"] and \
         len(run.output_for_node("trial_leaderboard")["rows"]) == len(TRIALS)
+
+
+def test_an_adapter_trained_in_another_process_has_the_same_bytes(graph, tmp_path):
+    """A killed trial is retrained by another process: its adapter must be the same content version. PEFT writes
+    `target_modules` (a set) in the order of the process's string-hash seed; kura writes it canonically."""
+    import subprocess
+    import sys
+
+    from kura.io.hashing import hash_dir
+
+    base = Path(graph.out["hf_model"]["dense_2"]["uri"])
+    trials, _ = load_post_training(ROOT / "pipelines" / "post_training")
+    spec = trials["sft-r4"].model_copy(update={"optim": trials["sft-r4"].optim.model_copy(update={"epochs": 1})})
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from kura.train import lora\n"
+        "from kura.train.trials import TrialSpec\n"
+        "spec = TrialSpec(**json.loads(sys.argv[1])); base = Path(sys.argv[2]); out = Path(sys.argv[3])\n"
+        "_, tok = lora.load_base(base)\n"
+        "ex = [lora.render_chat([{'role': 'user', 'content': q}, {'role': 'assistant', 'content': a}],\n"
+        "                       ('user: ', 'assistant: ', '\\n'), tok, 64)\n"
+        "      for q, a in (('東京は?', '首都です。'), ('What is rain?', 'Water falling.'))]\n"
+        "lora.train(spec, base, out, examples=ex, pad_id=tok.pad_token_id or 0, manifest={})\n")
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}"
+        subprocess.run([sys.executable, "-c", script, spec.model_dump_json(), str(base), str(out)], cwd=ROOT,
+                       env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}, check=True)
+        outs.append(out / "adapter")
+    a, b = (hash_dir(o)[0] for o in outs)
+    cfg = json.loads((outs[0] / "adapter_config.json").read_text())
+    assert cfg["target_modules"] == sorted(cfg["target_modules"])
+    assert a == b, "the same trial trained by two processes must give the same adapter bytes"

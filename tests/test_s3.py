@@ -214,3 +214,77 @@ def test_s3_server_killed_and_restarted_mid_publish(tmp_path):
                                            r"answer for 2 s .*check that the endpoint is up and rerun"):
         quick.write_bytes("x.json", b"{}")
     assert time.monotonic() - t < 15
+
+
+_PUBLISHER = """
+import sys, time
+from kura.io import Storage, materialize_versioned
+endpoint, key, secret, cache = sys.argv[1:5]
+st = Storage("s3://kura/killed-publish", endpoint_url=endpoint, key=key, secret=secret, cache_dir=cache)
+put = st.fs.put_file
+def slow_put(*a, **k):  # the test's instrument, not kura's: a slow link, so the kill lands between two files
+    time.sleep(0.15)
+    return put(*a, **k)
+st.fs.put_file = slow_put
+def build(stage):
+    for j in range(20):
+        (stage / f"part-{j:02d}.bin").write_bytes(bytes([j]) * 30_000)
+    return {"parts": 20}
+materialize_versioned(st, "shard", "in-1", build)
+"""
+
+
+def test_process_killed_in_the_middle_of_a_publish(s3_server, tmp_path):
+    """kill -9 of the publishing process after some of an output's files reached S3 and before its commit marker:
+    no reader sees the output (no marker, no input pointer), the dead run's staging folder is removed by the next
+    staging call, and the rerun publishes the output whole, once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    cache = tmp_path / "cache"
+    args = [s3_server.endpoint, s3_server.key, s3_server.secret, str(cache)]
+    st = Storage("s3://kura/killed-publish", endpoint_url=s3_server.endpoint, key=s3_server.key,
+                 secret=s3_server.secret, cache_dir=str(cache))
+    proc = subprocess.Popen([sys.executable, "-c", _PUBLISHER, *args], cwd=ROOT, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    uploaded: list[str] = []
+    try:
+        t0 = time.monotonic()
+        while len(uploaded) < 5 and proc.poll() is None and time.monotonic() - t0 < 120:
+            time.sleep(0.05)
+            st.fs.invalidate_cache()
+            uploaded = [f for f in st.list_files("shard") if f.endswith(".bin")]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert 5 <= len(uploaded) < 20, f"the kill must land mid-publish ({len(uploaded)} of 20 files uploaded)"
+    st.fs.invalidate_cache()
+    assert not st.exists("shard/_inputs/in-1.json")
+    assert not [f for f in st.list_files("shard") if f.endswith(MANIFEST_NAME)], "no commit marker: not an output"
+    dead = list((st.cache_dir / ".staging").iterdir())
+    assert dead, "the killed publisher's staging folder is still there before the next run"
+
+    built = []
+
+    def build(stage):
+        built.append(1)
+        for j in range(20):
+            (stage / f"part-{j:02d}.bin").write_bytes(bytes([j]) * 30_000)
+        return {"parts": 20}
+
+    m, reused = materialize_versioned(st, "shard", "in-1", build)
+    assert not reused and built == [1]
+    assert not any(p.exists() for p in dead), "the dead run's staging folder was removed"
+    local = st.local_dir(m["dir"])
+    assert sorted(p.name for p in local.iterdir() if p.name != MANIFEST_NAME) == [f"part-{j:02d}.bin"
+                                                                               for j in range(20)]
+    assert all((local / f"part-{j:02d}.bin").read_bytes() == bytes([j]) * 30_000 for j in range(20))
+    again, reused = materialize_versioned(st, "shard", "in-1", build)
+    assert reused and again == m and built == [1]

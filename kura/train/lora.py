@@ -164,7 +164,7 @@ def train(spec: TrialSpec, base_dir: Path, out_dir: Path, *, examples: list, pad
             torch.nn.utils.clip_grad_norm_(params, spec.optim.max_grad_norm)
             opt.step()
             sched.step()
-            rec = {"step": step, "epoch": epoch, "loss": round(float(loss), 4), **extra}
+            rec = {"step": step, "epoch": epoch, "loss": round(float(loss.detach()), 4), **extra}
             curve.append(rec)
             if progress:
                 progress({**rec, "steps": steps})
@@ -179,6 +179,7 @@ def train(spec: TrialSpec, base_dir: Path, out_dir: Path, *, examples: list, pad
         cfg.base_model_name_or_path = "/".join(Path(base_dir).parts[-3:])
     model.save_pretrained(str(out_dir / "adapter"))
     (out_dir / "adapter" / "README.md").unlink(missing_ok=True)
+    canonical_adapter_config(out_dir / "adapter" / "adapter_config.json")
     # One batch's loss is noisy (different examples each step); the per-epoch mean is what tells whether it learns.
     epochs = [[r["loss"] for r in curve if r["epoch"] == e] for e in range(spec.optim.epochs)]
     stats = {"steps": steps, "first_loss": curve[0]["loss"], "final_loss": curve[-1]["loss"],
@@ -188,6 +189,17 @@ def train(spec: TrialSpec, base_dir: Path, out_dir: Path, *, examples: list, pad
         tail = curve[-max(1, len(curve) // 4):]
         stats["reward_accuracy"] = round(sum(r["reward_accuracy"] for r in tail) / len(tail), 4)
     return stats
+
+
+def canonical_adapter_config(path: Path) -> None:
+    """PEFT keeps `target_modules` as a set and writes it in set order, which follows the process's string-hash
+    seed: the same adapter saved by two processes got two content versions (a killed and resumed trial never matched
+    the uninterrupted one). Sets are written sorted and keys in order, so the file depends on the adapter only."""
+    cfg = json.loads(path.read_text())
+    for k in ("target_modules", "modules_to_save", "exclude_modules", "layers_to_transform"):
+        if isinstance(cfg.get(k), list):
+            cfg[k] = sorted(cfg[k], key=str)
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def load_adapter(base_dir: Path, adapter_dir: Path):
