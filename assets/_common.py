@@ -99,6 +99,12 @@ def previous_components(context: dg.AssetExecutionContext) -> dict | None:
     return getattr(md, "data", None) if md is not None else None
 
 
+def work_dir(st: Storage, *parts: str) -> Path:
+    """Where a long step keeps its resume points (training checkpoints) between attempts, keyed by the caller with
+    its input version: beside the outputs on a local root, in the local cache when the root is remote."""
+    return (Path(st.path("")) if st.is_local else st.cache_dir / "work") / "_work" / Path(*parts)
+
+
 def run_versioned(context: dg.AssetExecutionContext, storage: Storage, *, config: Any, upstream: dict[str, Any],
                   build: Callable[[Path], dict]) -> tuple[dict, bool]:
     """Build (or reuse) the output for these inputs. The input version covers code version, config, upstream

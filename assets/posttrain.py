@@ -13,6 +13,7 @@ hf_model/<base> ───┘                        └─► model_merge/<name>
   picture. Adding a trial to the YAML adds a partition: a backfill (or the sensor) runs just the missing ones.
 """
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -25,7 +26,7 @@ import kura.eval.perplexity as ppl
 import kura.eval.tasks as tasks_mod
 import kura.train.lora as lora
 import kura.train.trials as trials_mod
-from assets._common import kura_asset, output, png_md, run_versioned, write_json
+from assets._common import input_version_of, kura_asset, output, png_md, run_versioned, work_dir, write_json
 from assets.automation import EAGER, ON_EDIT_OR_EAGER
 from assets.evaluation import (DEFAULT_QUESTIONS, DEFAULT_TASKS, _generate, _judge_call, _judge_force, _table,
                                _tmpl, read_text_files)
@@ -146,6 +147,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
         tmpl = _tmpl(templates, spec.chat_template)
         upstream = {"base": base, "replay_mix": inputs["replay_mix"],
                     "data": inputs["pairs"] if spec.method == "dpo" else inputs["synthetic"]}
+        work = work_dir(st, "adapter", tid, input_version_of(context, spec.model_dump(), upstream))
 
         def build(stage: Path) -> dict:
             _, tok = lora.load_base(st.local_dir(base["dir"]))
@@ -165,12 +167,13 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
                                        for k, v in sorted(inputs["synthetic"].items())}))
             _write_training_texts(stage / "training_texts.jsonl", examples, tok)
             stats = post_trainer.train(context, st, spec, base["dir"], stage, examples=examples, pad_id=pad,
-                                       manifest=man)
+                                       manifest=man, work_dir=work)
             info = {"trial": tid, "spec": spec.model_dump(), "base_run": spec.base, **stats}
             write_json(stage / "kura_adapter.json", info)
             return {k: v for k, v in info.items() if k != "curve"}
 
         m, reused = run_versioned(context, st, config=spec.model_dump(), upstream=upstream, build=build)
+        shutil.rmtree(work, ignore_errors=True)
         d = m["data"]
         return output(m, reused, method=spec.method, base=spec.base, lora_r=spec.lora.r, lr=spec.optim.lr,
                       final_loss=m["final_loss"], epoch_losses=m.get("epoch_losses") or [], steps=m["steps"],

@@ -23,7 +23,7 @@ import kura.train.export_hf as export_hf
 import kura.train.mcore as mcore
 import kura.train.pretrain as pretrain_mod
 import kura.train.upcycle as upcycle_mod
-from assets._common import kura_asset, curves_md, input_version_of, output, run_versioned, write_json
+from assets._common import curves_md, input_version_of, kura_asset, output, run_versioned, work_dir, write_json
 from assets.automation import EAGER, ON_EDIT_OR_EAGER
 from assets.mix import packed_key
 from kura.io.inputs import result_neutral
@@ -96,7 +96,7 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
         st = storage.get()
         packed, tok, parent = inputs["packed"], inputs["tokenizer"], inputs.get("parent")
         iv = input_version_of(context, config, inputs)
-        work = (Path(st.path("")) if st.is_local else st.cache_dir / "work") / "_work" / "checkpoint" / spec.name / iv
+        work = work_dir(st, "checkpoint", spec.name, iv)
         weights_rel = f"_cluster_weights/{spec.name}/{iv}"  # where a cluster run's pod 0 uploads the final weights
 
         def build(stage: Path) -> dict:

@@ -25,6 +25,8 @@ class PostTrainerResource(dg.ConfigurableResource):
     gpu_pool: str = Field("gpu", description="kura.dev/pool label of the GPU nodes.")
     s3_endpoint: str = Field("", description="KURA_S3_ENDPOINT handed to the pods.")
     timeout_s: int = Field(24 * 3600, description="Longest a trial Job may take.")
+    checkpoint_seconds: float = Field(60.0, description="Local trials write a resume point this often (seconds), "
+                                      "so a killed trial loses at most this much; results do not depend on it.")
 
     def identity(self) -> dict:
         """What can change a trained result: where it trains (local CPU/GPU vs the cluster) and, on the cluster,
@@ -38,14 +40,20 @@ class PostTrainerResource(dg.ConfigurableResource):
         return posttrain_job(name, cfg, job_uri, result_uri)
 
     def train(self, context, storage, spec: TrialSpec, base_rel: str, stage: Path, *, examples: list, pad_id: int,
-              manifest: dict) -> dict:
+              manifest: dict, work_dir: Path | None = None) -> dict:
+        """Train one trial. Locally, `work_dir` holds the trial's resume point: a killed trial continues from it
+        (on the cluster a restarted pod starts the trial again)."""
         if self.backend == "local":
             def progress(r):
                 if r["step"] % 5 == 0 or r["step"] == r["steps"] - 1:
                     context.log.info(f"step {r['step'] + 1}/{r['steps']} loss {r['loss']}")
 
-            return lora.train(spec, storage.local_dir(base_rel), stage, examples=examples, pad_id=pad_id,
-                              manifest=manifest, progress=progress)
+            stats = lora.train(spec, storage.local_dir(base_rel), stage, examples=examples, pad_id=pad_id,
+                               manifest=manifest, progress=progress, work_dir=work_dir,
+                               checkpoint_seconds=self.checkpoint_seconds)
+            if stats.get("resumed_from") is not None:
+                context.log.info(f"trial {context.partition_key}: resumed at step {stats['resumed_from']} of {stats['steps']}")
+            return stats
         if self.backend != "kubernetes":
             raise ValueError(f"unknown post-trainer backend {self.backend!r} (local | kubernetes)")
         from resources.kubernetes import create_or_attach, k8s_client

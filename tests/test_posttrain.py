@@ -293,3 +293,43 @@ def test_an_adapter_trained_in_another_process_has_the_same_bytes(graph, tmp_pat
     cfg = json.loads((outs[0] / "adapter_config.json").read_text())
     assert cfg["target_modules"] == sorted(cfg["target_modules"])
     assert a == b, "the same trial trained by two processes must give the same adapter bytes"
+
+
+@pytest.mark.parametrize("trial", ["sft-r4", "dpo-beta0.1"])
+def test_a_killed_trial_resumes_from_its_resume_point_with_the_same_bytes(graph, tmp_path, trial):
+    """A trial stopped in step 5 (its resume point written every 2 steps) continues from step 4 in a new call
+    and ends with the bytes and the loss curve of an uninterrupted trial; the resume point is replaced atomically."""
+    from kura.io.hashing import hash_dir
+    from kura.train import lora
+
+    base = Path(graph.out["hf_model"]["dense_2"]["uri"])
+    trials, _ = load_post_training(ROOT / "pipelines" / "post_training")
+    spec = trials[trial].model_copy(update={"optim": trials[trial].optim.model_copy(update={"batch_size": 1})})
+    _, tok = lora.load_base(base)
+    qa = [("東京は?", "首都です。", "知らない。"), ("What is rain?", "Water falling.", "A cat."),
+          ("一足す一は?", "二です。", "三です。"), ("Sky colour?", "Blue.", "Green."), ("犬は?", "動物です。", "石です。")]
+    tmpl = ("user: ", "assistant: ", "\n")
+    if spec.method == "sft":
+        examples = [lora.render_chat([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                     tmpl, tok, 64) for q, a, _ in qa]
+    else:
+        examples, _ = lora.build_dpo_data([{"prompt": q, "chosen": a, "rejected": b} for q, a, b in qa], spec, tok,
+                                          tmpl)
+    kw = {"examples": examples, "pad_id": tok.pad_token_id or 0, "manifest": {}, "checkpoint_steps": 2}
+    whole = lora.train(spec, base, tmp_path / "whole", **kw)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_step_5(rec):
+        if rec["step"] == 4:
+            raise Killed
+
+    work = tmp_path / "work"
+    with pytest.raises(Killed):
+        lora.train(spec, base, tmp_path / "first", work_dir=work, progress=kill_in_step_5, **kw)
+    assert [p.name for p in work.iterdir()] == [lora.RESUME_NAME], "one resume point, no temp file left"
+    resumed = lora.train(spec, base, tmp_path / "resumed", work_dir=work, **kw)
+    assert resumed["resumed_from"] == 4 and "resumed_from" not in whole
+    assert resumed["curve"] == whole["curve"] and resumed["steps"] == whole["steps"] > 4
+    assert hash_dir(tmp_path / "resumed" / "adapter")[0] == hash_dir(tmp_path / "whole" / "adapter")[0]

@@ -122,9 +122,29 @@ def lora_model(model, spec: TrialSpec):
     return get_peft_model(model, cfg)
 
 
+RESUME_NAME = "resume.pt"
+
+
+def _save_resume(work_dir: Path, state: dict) -> None:
+    """Atomically replace the trial's resume point (temp + rename: a kill mid-write leaves the previous one)."""
+    import torch
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = work_dir / f".{RESUME_NAME}.tmp"
+    torch.save(state, tmp)
+    tmp.replace(work_dir / RESUME_NAME)
+
+
 def train(spec: TrialSpec, base_dir: Path, out_dir: Path, *, examples: list, pad_id: int,
-          manifest: dict, progress: Optional[Callable[[dict], None]] = None) -> dict:
-    """Train one trial (SFT or DPO examples as built above); writes adapter/ and kura_adapter.json."""
+          manifest: dict, progress: Optional[Callable[[dict], None]] = None, work_dir: Optional[Path] = None,
+          checkpoint_seconds: float = 60.0, checkpoint_steps: Optional[int] = None) -> dict:
+    """Train one trial (SFT or DPO examples as built above); writes adapter/ and kura_adapter.json.
+
+    With `work_dir`, a resume point (adapter weights, optimizer, schedule, both random generators, the epoch's
+    order and the curve so far) is written every `checkpoint_seconds` (or `checkpoint_steps`): a trial killed
+    mid-way continues from there and ends with the same bytes as an uninterrupted one."""
+    import time
+
     import torch
 
     torch.manual_seed(spec.seed)
@@ -138,12 +158,32 @@ def train(spec: TrialSpec, base_dir: Path, out_dir: Path, *, examples: list, pad
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
     rng = random.Random(spec.seed)
-    curve, step = [], 0
+    curve, step, start_epoch, start_batch, order, resumed_from = [], 0, 0, 0, None, None
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    resume = Path(work_dir) / RESUME_NAME if work_dir else None
+    if resume is not None and resume.exists():
+        st = torch.load(resume, weights_only=False)
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for n in trainable:
+                named[n].copy_(st["params"][n])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        torch.set_rng_state(st["torch_rng"])
+        rng.setstate(st["python_rng"])
+        curve, step, start_epoch, start_batch, order = (st["curve"], st["step"], st["epoch"], st["batch"],
+                                                        st["order"])
+        resumed_from = step
+    last_save = time.monotonic()
     model.train()
-    for epoch in range(spec.optim.epochs):
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for b in range(0, len(order), bs):
+    for epoch in range(start_epoch, spec.optim.epochs):
+        if order is None or epoch != start_epoch:
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+            first = 0
+        else:
+            first = start_batch
+        for b in range(first, len(order), bs):
             batch = [examples[i] for i in order[b:b + bs]]
             if spec.method == "sft":
                 ids, labels, att = _pad(batch, pad_id)
@@ -166,9 +206,19 @@ def train(spec: TrialSpec, base_dir: Path, out_dir: Path, *, examples: list, pad
             sched.step()
             rec = {"step": step, "epoch": epoch, "loss": round(float(loss.detach()), 4), **extra}
             curve.append(rec)
+            step += 1
+            due = (checkpoint_steps and step % checkpoint_steps == 0) or \
+                time.monotonic() - last_save >= checkpoint_seconds
+            if resume is not None and due and step < steps:
+                named = dict(model.named_parameters())
+                _save_resume(Path(work_dir), {
+                    "params": {n: named[n].detach().clone() for n in trainable}, "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "python_rng": rng.getstate(), "curve": curve, "step": step, "epoch": epoch,
+                    "batch": b + bs, "order": order})
+                last_save = time.monotonic()
             if progress:
                 progress({**rec, "steps": steps})
-            step += 1
     model.eval()
     out_dir = Path(out_dir)
     # adapter_config.json is hashed into the adapter's content version: name the base by its storage key
@@ -184,7 +234,8 @@ def train(spec: TrialSpec, base_dir: Path, out_dir: Path, *, examples: list, pad
     epochs = [[r["loss"] for r in curve if r["epoch"] == e] for e in range(spec.optim.epochs)]
     stats = {"steps": steps, "first_loss": curve[0]["loss"], "final_loss": curve[-1]["loss"],
              "epoch_losses": [round(sum(v) / len(v), 4) for v in epochs if v],
-             "trainable_parameters": sum(p.numel() for p in params), "curve": curve, "data": manifest}
+             "trainable_parameters": sum(p.numel() for p in params), "curve": curve, "data": manifest,
+             **({"resumed_from": resumed_from} if resumed_from is not None else {})}
     if spec.method == "dpo":
         tail = curve[-max(1, len(curve) // 4):]
         stats["reward_accuracy"] = round(sum(r["reward_accuracy"] for r in tail) / len(tail), 4)
