@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from kura.synth.generators import SamplingConfig, TransformersGenerator
+from kura.synth.generators import GenerationError, SamplingConfig, TransformersGenerator
 from kura.synth.recipes import QADialogueRecipe
 from kura.synth.teacher import TeacherConfig
 
@@ -95,6 +95,13 @@ def test_openai_backend_against_a_real_vllm_server(graph, vllm_server, monkeypat
     dead = OpenAICompatibleGenerator("http://127.0.0.1:9/v1", "teacher", max_retries=1, timeout_s=2)
     with pytest.raises(Exception, match="(?i)connect"):
         dead.generate(["x"], SamplingConfig(max_tokens=4))
+    # a request the server refuses (more tokens than its context) fails at once with the server's reason, unretried
+    import time
+
+    t = time.monotonic()
+    with pytest.raises(GenerationError, match=r"refused a request with HTTP 400 \(.*\); a refusal is not retried"):
+        gen.generate(["日本語 " * 2000], SamplingConfig(max_tokens=64))
+    assert time.monotonic() - t < 10, "a refusal is not retried with backoff (1 + 2 + 4 + 8 s)"
 
 
 @pytest.mark.slow

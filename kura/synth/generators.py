@@ -227,6 +227,19 @@ def served_model_identity(base_url: str, model: str, api_key: str = "EMPTY", tim
             "max_model_len": entry.get("max_model_len")}
 
 
+# 4xx answers worth another try: timeout, conflict, throttling. Every other 4xx is a refusal of this request.
+RETRIED_STATUS = frozenset({408, 409, 429})
+
+
+def _reason(e: Exception) -> str:
+    """The server's own message of an API error (vLLM puts it in the JSON body), on one line."""
+    body = getattr(e, "body", None)
+    msg = body.get("message") if isinstance(body, dict) else None
+    if not msg and isinstance(body, dict) and isinstance(body.get("error"), dict):
+        msg = body["error"].get("message")
+    return " ".join(str(msg or e).split())[:300]
+
+
 @dataclass
 class OpenAICompatibleGenerator(Generator):
     base_url: str
@@ -252,6 +265,13 @@ class OpenAICompatibleGenerator(Generator):
                     return (r.choices[0].text, r.usage.prompt_tokens, r.usage.completion_tokens,
                             r.choices[0].finish_reason or "stop")
                 except Exception as e:  # noqa: BLE001 - connection errors, 5xx, timeouts: back off and retry
+                    status = getattr(e, "status_code", None)
+                    if status is not None and 400 <= status < 500 and status not in RETRIED_STATUS:
+                        raise GenerationError(
+                            f"the teacher endpoint {self.base_url} (model {self.model}) refused a request with HTTP "
+                            f"{status} ({_reason(e)}); a refusal is not retried, since the same request is refused "
+                            f"again: fix the request or the server (e.g. a prompt longer than the served context "
+                            f"needs fewer max_tokens or a longer --max-model-len) and rerun") from e
                     if attempt == self.max_retries:
                         raise GenerationError(
                             f"the teacher endpoint {self.base_url} (model {self.model}) failed {attempt + 1} tries "
