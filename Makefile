@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 LOCK    := requirements/constraints-cpu.txt
 HOME_DIR ?= .kura
 
-.PHONY: venv sysdeps demo test test-faults test-fast ui bench clean
+.PHONY: venv sysdeps demo test test-faults test-fast ui arena bench clean
 
 # The lock file is one measured set of exact versions (torch CPU build, vLLM's CPU build, megatron-core, Dagster,
 # DVC, GX, ...). Installing it with --no-deps is deterministic and avoids the resolver (~3.5 min, ~5 GB).
@@ -35,6 +35,10 @@ test-faults: venv sysdeps
 
 ui: venv
 	$(BIN)/python -m pipelines.cli ui --home $(HOME_DIR) $(if $(CORPUS),--corpus $(CORPUS),)
+
+# the human arena on http://127.0.0.1:8765 (pipelines/arena/arena.yaml; run `make demo` first for its models)
+arena: venv
+	$(BIN)/python -m pipelines.cli arena --home $(HOME_DIR)
 
 bench: venv
 	$(BIN)/python benchmarks/overhead.py

@@ -15,13 +15,15 @@ Across runs:
 """
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import dagster as dg
 import pyarrow.parquet as pq
 
+import kura.arena.store as arena_votes_mod
 import kura.eval.arena as arena_mod
 import kura.eval.contamination as contamination_mod
+import kura.eval.correlation as correlation_mod
 import kura.eval.judge as judge_mod
 import kura.eval.tasks as tasks_mod
 from assets._common import kura_asset, output, png_md, run_versioned, write_json
@@ -29,9 +31,8 @@ from assets.automation import EAGER
 from assets.mix import mix_key
 from assets.pretrain import ckpt_key, hf_key
 from kura.io import Storage, stable_hash
-from kura.synth.generators import SamplingConfig
 from kura.train.spec import RunSpec
-from resources import GeneratorResource, StorageResource
+from resources import ArenaStoreResource, GeneratorResource, StorageResource
 
 EVALS_DIR = Path(__file__).resolve().parents[1] / "pipelines" / "evals"
 DEFAULT_TASKS = str(EVALS_DIR / "tasks")
@@ -56,26 +57,6 @@ def read_text_files(storage: StorageResource, location: str, suffix: str) -> dic
     return {f.name: f.read_text(encoding="utf-8") for f in sorted(p.glob(f"*{suffix}"))}
 
 
-def _generate(gen, max_tokens: int, seed: int = 0, temperature: float = 0.0):
-    def call(prompts: list[str]) -> list[str]:
-        s = SamplingConfig(max_tokens=max_tokens, temperature=temperature, seed=seed)
-        return gen.generate(prompts, s).completions
-    return call
-
-
-def _judge_call(gen, max_tokens: int):
-    """Attempt 0 greedy; retries sample (temperature 0.8, a new seed), since greedy would repeat the failure."""
-    def call(prompts: list[str], attempt: int) -> list[str]:
-        s = SamplingConfig(max_tokens=max_tokens, temperature=0.0 if attempt == 0 else 0.8, seed=attempt)
-        return gen.generate(prompts, s).completions
-    return call
-
-
-def _judge_force(gen, enabled: bool):
-    """The judge's constrained choice for replies that never parsed (None: leave them ungraded)."""
-    return gen.choose if enabled else None
-
-
 class TasksConfig(dg.Config):
     tasks: str = DEFAULT_TASKS
     """Folder (or s3:// prefix) of task JSONL files."""
@@ -89,7 +70,16 @@ class TasksConfig(dg.Config):
 
 class JudgeConfig(dg.Config):
     questions: str = DEFAULT_QUESTIONS
-    """MT-Bench-style question file (JSONL: question_id, category, turns) or s3:// URI."""
+    """Question file in FastChat's question.jsonl format (question_id, category, turns, reference for math /
+    reasoning / coding) or an s3:// URI, e.g. the 80 questions of Japanese MT-Bench."""
+    references: Optional[str] = None
+    """Reference answers in FastChat's answer format (question_id, choices[0].turns), e.g.
+    `reference_answer/gpt-4.jsonl`; they fill in (or replace) the questions' `reference`."""
+    sampling: Literal["greedy", "fastchat"] = "greedy"
+    """Candidate decoding: greedy everywhere, or FastChat's per-category temperatures (writing/roleplay 0.7,
+    stem/humanities 0.1, the rest 0)."""
+    max_answer_chars: int = 2000
+    """An answer is cut to this many characters where the judge sees it (a small judge's context)."""
     chat_template: str = "plain"
     """Chat template for the candidate and the judge."""
     max_tokens: int = 96
@@ -100,7 +90,8 @@ class JudgeConfig(dg.Config):
     """Re-asks for a judge reply without a parsable grade."""
     force_grade: bool = True
     """After the re-asks, take the grade by constrained decoding after the judge's own reply (counted as `forced`)
-    instead of leaving the answer ungraded."""
+    instead of leaving the answer ungraded (FastChat's −1). Needs vLLM or the local judge: set it off for a chat
+    endpoint of another server."""
 
 
 class ContaminationConfig(dg.Config):
@@ -130,6 +121,10 @@ class ArenaConfig(dg.Config):
     force_verdict: bool = True
     """After the re-asks, take the verdict by constrained decoding ([[A]]/[[B]]/[[C]]) after the judge's own reply;
     such votes are marked `forced`."""
+    turns: list[int] = [1, 2]
+    """Turns voted on: 1 with FastChat's pair prompt, 2 with its multi-turn pair prompt (the whole conversation)."""
+    max_answer_chars: int = 2000
+    """An answer is cut to this many characters where the judge sees it."""
     bootstrap: int = 200
     """Bootstrap resamples for the confidence intervals."""
 
@@ -153,7 +148,7 @@ def build_eval_tasks(spec: RunSpec, templates: dict) -> dg.AssetsDefinition:
 
         def build(stage: Path) -> dict:
             gen = candidates.build_for(st, model["dir"])
-            res = tasks_mod.run_tasks(tasks, _generate(gen, config.max_tokens), user, assistant, sep, config.limit)
+            res = tasks_mod.run_tasks(tasks, judge_mod.candidate_fn(gen, config.max_tokens), user, assistant, sep, config.limit)
             with open(stage / "records.jsonl", "w", encoding="utf-8") as f:
                 for r in res["records"]:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -178,24 +173,34 @@ def build_eval_tasks(spec: RunSpec, templates: dict) -> dg.AssetsDefinition:
     return eval_tasks
 
 
+def load_bench(storage: StorageResource, questions: str, references: Optional[str] = None):
+    """(question file name, {what was read: content hash}, questions) of a FastChat question file and optional
+    reference answer file."""
+    (qname, qtext), = read_text_files(storage, questions, ".jsonl").items()
+    refs, hashes = None, {"questions": stable_hash(qtext)}
+    if references:
+        (rname, rtext), = read_text_files(storage, references, ".jsonl").items()
+        refs, hashes["references"] = judge_mod.load_references(rtext, references), stable_hash(rtext)
+    return qname, hashes, judge_mod.load_questions(qtext, questions, refs)
+
+
 def build_eval_judge(spec: RunSpec, templates: dict) -> dg.AssetsDefinition:
     @kura_asset(key=dg.AssetKey(["eval_judge", spec.name]), group_name="evaluation", automation_condition=EAGER,
               ins={"model": dg.AssetIn(key=hf_key(spec.name)), "judge_model": dg.AssetIn("teacher_model")},
-              description=f"MT-Bench-style LLM-as-judge grades of {spec.name}")
+              description=f"Japanese MT-Bench (FastChat's single-answer grading) of {spec.name}")
     def eval_judge(context: dg.AssetExecutionContext, config: JudgeConfig, storage: StorageResource,
                    candidates: GeneratorResource, judge: GeneratorResource, model: dict,
                    judge_model: dict) -> dg.Output:
         st = storage.get()
-        (qname, qtext), = read_text_files(storage, config.questions, ".jsonl").items()
-        questions = judge_mod.load_questions(qtext, config.questions)
+        _, read, questions = load_bench(storage, config.questions, config.references)
         tmpl = _tmpl(templates, config.chat_template)
 
         def build(stage: Path) -> dict:
-            cand = candidates.build_for(st, model["dir"])
-            answers = judge_mod.answer_questions(questions, _generate(cand, config.max_tokens), *tmpl)
-            jgen = judge.build_for(st, judge_model["dir"])
-            res = judge_mod.grade(questions, answers, _judge_call(jgen, config.judge_max_tokens), tmpl,
-                                  config.max_retries, _judge_force(jgen, config.force_grade))
+            answers, res = judge_mod.run_bench(
+                questions, candidates.build_for(st, model["dir"]), judge.build_for(st, judge_model["dir"]), tmpl,
+                max_tokens=config.max_tokens, judge_max_tokens=config.judge_max_tokens,
+                max_retries=config.max_retries, force=config.force_grade, sampling=config.sampling,
+                max_answer_chars=config.max_answer_chars)
             write_json(stage / "answers.json", answers)
             with open(stage / "grades.jsonl", "w", encoding="utf-8") as f:
                 for r in res["records"]:
@@ -205,11 +210,13 @@ def build_eval_judge(spec: RunSpec, templates: dict) -> dg.AssetsDefinition:
                            judge_backend=judge.backend, questions=len(questions), answers=answers)
             return summary
 
-        upstream = {"model": model, "judge_model": judge_model, "questions": stable_hash(qtext)}
+        upstream = {"model": model, "judge_model": judge_model, **read}
         m, reused = run_versioned(context, st, config=config, upstream=upstream, build=build)
         return output(m, reused, mean_score=m["mean_score"], per_category=m["per_category"], graded=m["graded"],
                       ungraded=m["ungraded"], parse_failures=m["parse_failures"], forced=m["forced"],
-                      retries=m["retries"],
+                      retries=m["retries"], per_turn=m["per_turn"],
+                      categories=_table(m["category_table"], ["category", "turn_1", "turn_2", "score", "graded"]),
+                      radar=png_md(judge_mod.radar(m["category_table"], f"MT-Bench {spec.name}"), "radar"),
                       judge_prompt_version=m["judge_prompt_version"], judge_model=m["judge_model"])
 
     return eval_judge
@@ -285,42 +292,54 @@ def build_arena(specs: list[RunSpec], templates: dict) -> dg.AssetsDefinition:
     ins = {f"judge_{s.name}": dg.AssetIn(key=dg.AssetKey(["eval_judge", s.name])) for s in specs}
     ins["judge_model"] = dg.AssetIn("teacher_model")
 
-    @kura_asset(name="arena", group_name="evaluation", automation_condition=EAGER, ins=ins,
-              description="Blind pairwise comparisons of all runs (judge votes + human votes): Bradley–Terry / Elo")
+    @kura_asset(name="arena", group_name="evaluation", automation_condition=EAGER, ins=ins, deps=["arena_votes"],
+              description="Blind pairwise comparisons (judge votes between all runs + human votes from the arena "
+                          "web app and a votes file): Bradley–Terry / Elo, win rates, battles, per category")
     def arena(context: dg.AssetExecutionContext, config: ArenaConfig, storage: StorageResource,
-              judge: GeneratorResource, **inputs) -> dg.Output:
+              judge: GeneratorResource, arena_store: ArenaStoreResource, **inputs) -> dg.Output:
         st = storage.get()
         runs = [s.name for s in specs]
         answers = {r: inputs[f"judge_{r}"]["answers"] for r in runs}
-        (_, qtext), = read_text_files(storage, DEFAULT_QUESTIONS, ".jsonl").items()
-        questions = [q for q in judge_mod.load_questions(qtext, DEFAULT_QUESTIONS)
-                     if all(q.qid in a for a in answers.values())]
+        _, read, questions = load_bench(storage, DEFAULT_QUESTIONS)
+        questions = [q for q in questions if all(q.qid in a for a in answers.values())]
         human = []
         if config.human_votes:
             (hname, htext), = read_text_files(storage, config.human_votes, ".jsonl").items()
             human = [v for v in arena_mod.load_votes(htext, hname) if v["model_a"] in runs and v["model_b"] in runs]
+        # the web app's votes: kura runs meet trials and external models there, so every contestant is rated
+        human += arena_votes_mod.rating_votes(arena_store.get().votes())
+        models = runs + sorted({m for v in human for m in (v["model_a"], v["model_b"])} - set(runs))
+        category = {q.qid: q.category for q in questions}
 
         def build(stage: Path) -> dict:
-            jgen = judge.build_for(st, inputs["judge_model"]["dir"])
-            votes = judge_mod.pairwise(questions, answers, _judge_call(jgen, config.judge_max_tokens),
-                                       _tmpl(templates, config.chat_template), config.max_retries,
-                                       _judge_force(jgen, config.force_verdict))
+            call, force = judge_mod.judge_fns(judge.build_for(st, inputs["judge_model"]["dir"]),
+                                              config.judge_max_tokens, _tmpl(templates, config.chat_template),
+                                              config.force_verdict)
+            votes = judge_mod.pairwise(questions, answers, call, config.max_retries, force, tuple(config.turns),
+                                       config.max_answer_chars)
+            for v in votes:
+                v["category"] = category.get(v["question_id"], "unknown")
             allv = votes + human
-            res = arena_mod.ratings(allv, runs, config.bootstrap)
+            res = arena_mod.ratings(allv, models, config.bootstrap)
+            res["by_category"] = arena_mod.ratings_by_category(allv, models, max(20, config.bootstrap // 2))
             with open(stage / "votes.jsonl", "w", encoding="utf-8") as f:
                 for v in allv:
                     f.write(json.dumps(v, ensure_ascii=False) + "\n")
             res.update(judge_votes=len(votes), human_votes=len(human), judge_model=judge.model_label(inputs["judge_model"]["version"]),
                        judge_prompt_version=judge_mod.JUDGE_PROMPT_VERSION,
-                       asked=len(questions) * len(runs) * (len(runs) - 1),
+                       asked=sum(t <= len(q.turns) for q in questions for t in config.turns)
+                       * len(runs) * (len(runs) - 1),
                        ties=sum(v["winner"] == "tie" for v in allv),
                        forced_votes=sum(bool(v.get("forced")) for v in votes))
             write_json(stage / "ratings.json", res)
             return res
 
-        upstream = {**{k: v for k, v in inputs.items()}, "human": stable_hash(human)}
+        upstream = {**{k: v for k, v in inputs.items()}, "human": stable_hash(human), **read}
         m, reused = run_versioned(context, st, config=config, upstream=upstream, build=build)
-        return output(m, reused, leaderboard=_table(m["leaderboard"], ["model", "elo", "ci_low", "ci_high", "games"]),
+        cols = ["model", "elo", "ci_low", "ci_high", "games", "wins", "losses", "ties", "win_rate"]
+        return output(m, reused, leaderboard=_table(m["leaderboard"], cols),
+                      by_category=_table([{"category": c, **r} for c, b in m["by_category"].items()
+                                          for r in b["leaderboard"]], ["category"] + cols),
                       judge_votes=m["judge_votes"], human_votes=m["human_votes"], ties=m["ties"],
                       forced_votes=m["forced_votes"],
                       elo_plot=_elo_plot(m["leaderboard"]))
@@ -381,13 +400,20 @@ def build_leaderboard(specs: list[RunSpec]) -> dg.AssetsDefinition:
                        elo=elo.get(r, {}).get("elo"), contaminated_items=sum(v["contaminated"] for v in c.values()))
             rows.append(row)
 
+        metrics = ["elo", "judge_score", "task_score", "lenient_score"] + sorted(k for k in rows[0] if
+                                                                               k.startswith("ppl_"))
+
         def build(stage: Path) -> dict:
             write_json(stage / "leaderboard.json", rows)
-            return {"rows": rows}
+            corr = correlation_mod.correlations(rows, metrics)
+            write_json(stage / "correlations.json", corr)
+            return {"rows": rows, "correlations": corr}
 
         m, reused = run_versioned(context, st, config={}, upstream=inputs, build=build)
         cols = list(m["rows"][0])
-        return output(m, reused, leaderboard=_table(m["rows"], cols), plot=_board_plot(m["rows"]))
+        return output(m, reused, leaderboard=_table(m["rows"], cols), plot=_board_plot(m["rows"]),
+                      metric_correlations=_table(m["correlations"], ["metric_a", "metric_b", "n", "spearman",
+                                                                     "pearson"]))
 
     return eval_leaderboard
 

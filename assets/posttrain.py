@@ -15,12 +15,14 @@ hf_model/<base> ───┘                        └─► model_merge/<name>
 import json
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import kura.eval.contamination as contamination_mod
+import kura.eval.correlation as correlation_mod
 import kura.eval.judge as judge_mod
 import kura.eval.perplexity as ppl
 import kura.eval.tasks as tasks_mod
@@ -28,8 +30,8 @@ import kura.train.lora as lora
 import kura.train.trials as trials_mod
 from assets._common import input_version_of, kura_asset, output, png_md, run_versioned, work_dir, write_json
 from assets.automation import EAGER, ON_EDIT_OR_EAGER
-from assets.evaluation import (DEFAULT_QUESTIONS, DEFAULT_TASKS, _generate, _judge_call, _judge_force, _table,
-                               _tmpl, read_text_files)
+from assets.evaluation import (DEFAULT_QUESTIONS, DEFAULT_TASKS, _table, _tmpl, load_bench,
+                               read_text_files)
 from assets.mix import mix_key, packed_key
 from assets.pretrain import hf_key
 from assets.tokenizer import synthetic_rows
@@ -71,7 +73,9 @@ class TrialEvalConfig(dg.Config):
     max_tokens: int = 24
     """Answer length limit for the tasks and the judge questions."""
     questions: str = DEFAULT_QUESTIONS
-    """MT-Bench-style questions the judge grades the trial on."""
+    """Questions (FastChat's question.jsonl format) the judge grades the trial on, as eval_judge does."""
+    references: Optional[str] = None
+    """Reference answers in FastChat's answer format (see eval_judge)."""
     judge_max_tokens: int = 96
     """Judge reply length limit."""
     max_retries: int = 1
@@ -218,25 +222,23 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
         st = storage.get()
         spec = trials[context.partition_key]
         files = read_text_files(storage, config.tasks, ".jsonl")
-        (qfile, qtext), = read_text_files(storage, config.questions, ".jsonl").items()
-        questions = judge_mod.load_questions(qtext, config.questions)
+        qfile, read, questions = load_bench(storage, config.questions, config.references)
         model = inputs["model"]
 
         def build(stage: Path) -> dict:
             d = st.local_dir(model["dir"])
             cfg = json.loads((d / "config.json").read_text())
             gen = candidates.build_for(st, model["dir"])
-            t = tasks_mod.run_tasks(tasks_mod.load_task_dir(files), _generate(gen, config.max_tokens),
+            t = tasks_mod.run_tasks(tasks_mod.load_task_dir(files), judge_mod.candidate_fn(gen, config.max_tokens),
                                     *_tmpl(templates, spec.chat_template))
             lm = ppl.load_hf(d)
             p = {ph: ppl.evaluate_heldout(lm, st.local_dir(inputs[f"packed_{ph}"]["dir"]),
                                           cfg["max_position_embeddings"], cfg["vocab_size"], config.max_docs)
                  for ph in phases}
             tmpl = _tmpl(templates, spec.chat_template)
-            answers = judge_mod.answer_questions(questions, _generate(gen, config.max_tokens), *tmpl)
-            jgen = judge.build_for(st, inputs["judge_model"]["dir"])
-            graded = judge_mod.grade(questions, answers, _judge_call(jgen, config.judge_max_tokens), tmpl,
-                                     config.max_retries, _judge_force(jgen, config.force_grade))
+            _, graded = judge_mod.run_bench(questions, gen, judge.build_for(st, inputs["judge_model"]["dir"]), tmpl,
+                                            max_tokens=config.max_tokens, judge_max_tokens=config.judge_max_tokens,
+                                            max_retries=config.max_retries, force=config.force_grade)
             res = {"trial": context.partition_key, "method": spec.method, "tasks": t["tasks"],
                    "overall": t["overall"], "perplexity": p, "model": model["version"],
                    "judge": {k: v for k, v in graded.items() if k != "records"},
@@ -249,7 +251,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
             return res
 
-        upstream = {"model": model, "tasks": stable_hash(files), "questions": stable_hash(qtext),
+        upstream = {"model": model, "tasks": stable_hash(files), **read,
                     "judge_model": inputs["judge_model"], "adapter": inputs["adapter"],
                     "base_contamination": inputs[f"contamination_{spec.base}"],
                     **{k: v for k, v in inputs.items() if k.startswith("packed_")}}
@@ -283,15 +285,20 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
                     row[f"ppl_{ph}_{lang}"] = v["perplexity"]
             rows.append(row)
         rows = trials_mod.rank_trials(rows, config.rank_by)
+        # which metric to trust over the trials (the runs' table, with arena Elo, is on eval_leaderboard)
+        metrics = ["judge_score", "task_score", "format_compliance"] + sorted(
+            k for k in (rows[0] if rows else {}) if k.startswith("ppl_"))
 
         def build(stage: Path) -> dict:
             write_json(stage / "trial_leaderboard.json", rows)
-            return {"rows": rows, "rank_by": config.rank_by}
+            return {"rows": rows, "rank_by": config.rank_by, "correlations": correlation_mod.correlations(rows, metrics)}
 
         m, reused = run_versioned(context, st, config=config, upstream={"evals": evals, "adapters": adapters},
                                   build=build)
         return output(m, reused, leaderboard=_table(m["rows"], list(m["rows"][0])) if m["rows"] else "empty",
-                      plot=_trial_plot(m["rows"], config.rank_by), trials=len(m["rows"]))
+                      plot=_trial_plot(m["rows"], config.rank_by), trials=len(m["rows"]),
+                      metric_correlations=_table(m["correlations"], ["metric_a", "metric_b", "n", "spearman",
+                                                                     "pearson"]))
 
     out.append(trial_leaderboard)
     return out

@@ -196,12 +196,16 @@ def demo(args) -> int:
         c = sum(v["contaminated"] for v in out["contamination"][run]["eval_sets"].values())
         print(f"  evals [{run}]: tasks {t['score']:.2f} (format compliance {t['format_compliance']:.2f}, lenient "
               f"{t['lenient_score']:.2f}); judge {j['mean_score']} on {j['graded']}/{j['graded'] + j['ungraded']}"
-              f" graded ({j['parse_failures']} unparsed after {j['retries']} re-asks, {j['forced']} forced); "
-              f"contaminated eval items {c}")
+              f" graded ({j['parse_failures']} unparsed after {j['retries']} re-asks, {j['forced']} forced; turn 1 "
+              f"{j['per_turn'].get('1')}, turn 2 {j['per_turn'].get('2')}); contaminated eval items {c}")
     board = ", ".join(f"{r['model']} {r['elo']:.0f} [{r['ci_low']:.0f}, {r['ci_high']:.0f}]"
                       for r in out["arena"]["leaderboard"])
     print(f"  arena (Bradley–Terry Elo, {out['arena']['judge_votes']} judge votes, {out['arena']['forced_votes']} "
           f"forced, {out['arena']['ties']} ties): {board}")
+    rho = [f"{c['metric_a']}~{c['metric_b']} {'n/a' if c['spearman'] is None else c['spearman']}"
+           for c in out["eval_leaderboard"]["correlations"]
+           if c["metric_a"] == "elo" and not c["metric_b"].startswith("ppl_")]
+    print(f"  which metric to trust (Spearman ρ over {len(out['eval_leaderboard']['rows'])} models): {', '.join(rho)}")
     from kura.train.trials import mean_perplexity
 
     for r in out.get("trial_leaderboard", {}).get("rows", []):
@@ -385,6 +389,102 @@ def versions_cmd(args) -> int:
     return 0
 
 
+def arena_contestants(spec, storage, workdir: Path, stack) -> list:
+    """Contestants ready to answer: kura models are served by vLLM from their latest export (the chat API, with the
+    arena's chat template rendered as a Jinja template), external ones are used where they are."""
+    from kura.arena.contestants import Contestant
+    from kura.pack.chat import jinja_template
+    from kura.synth.vllm_server import serve
+
+    template = workdir / "chat_template.jinja"
+    template.write_text(jinja_template(spec.chat_template), encoding="utf-8")
+    out = []
+    for c in spec.contestants:
+        if c.base_url:
+            out.append(Contestant(c, c.base_url, spec.chat_template))
+            continue
+        # an asset key (hf_model/<run>) or a partition of one (merged_model/<trial>)
+        rel = next((r for r in (f"_manifests/{c.serve}/__all__.json", f"_manifests/{c.serve}.json")
+                    if storage.exists(r)), None)
+        if rel is None:
+            raise SystemExit(f"kura arena: contestant {c.name!r} serves {c.serve!r}, which has no materialization "
+                             f"here: run `make demo` (or materialize it in `make ui`) first, or remove it from "
+                             f"the arena spec")
+        m = storage.read_json(rel)
+        model_dir = storage.local_dir(m["dir"])
+        ctx = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+        print(f"  serving {c.name} ({c.serve} version {m['version']}) with vLLM …", flush=True)
+        url, _ = stack.enter_context(serve(str(model_dir), c.model or c.name, workdir / f"{c.name}.log", ctx,
+                                           template))
+        out.append(Contestant(c.model_copy(update={"version": m["version"], "api": "chat",
+                                                   "max_tokens": min(c.max_tokens, ctx // 2)}), url,
+                              spec.chat_template))
+    return out
+
+
+def arena_cmd(args) -> int:
+    """Serve the arena web app on 127.0.0.1 (kura models through vLLM); votes go to the arena store."""
+    import contextlib
+
+    import uvicorn
+
+    from kura.arena.app import create_app
+    from kura.arena.contestants import load_spec
+    from kura.eval.judge import load_questions
+    from pipelines.definitions import build_resources
+    from pipelines.settings import Settings
+
+    prepare_env(Path(args.home))
+    spec_path = Path(args.spec)
+    try:
+        spec = load_spec(spec_path)
+    except ValueError as e:
+        print(f"kura arena: {e}", file=sys.stderr)
+        return 2
+    prompts = None
+    if spec.prompts:
+        qfile = (spec_path.parent / spec.prompts).resolve()
+        prompts = [{"prompt": q.turns[0], "category": q.category}
+                   for q in load_questions(qfile.read_text(encoding="utf-8"), str(qfile))]
+    res = build_resources(Settings.from_env())
+    admin = os.environ.get("KURA_ARENA_ADMIN_TOKEN", "")
+    if not admin:
+        import secrets
+
+        admin = secrets.token_urlsafe(24)
+        print(f"  no KURA_ARENA_ADMIN_TOKEN set; this session's admin token: {admin}")
+    workdir = Path(os.environ["KURA_HOME"]) / "arena"
+    workdir.mkdir(parents=True, exist_ok=True)
+    # SIGTERM (also the one uvicorn re-raises after its shutdown) as SystemExit: the vLLM servers are stopped too
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.ExitStack() as stack:
+        contestants = arena_contestants(spec, res["storage"].get(), workdir, stack)
+        app = create_app(res["arena_store"].get(), contestants, admin, prompts, spec.battles_per_minute,
+                         spec.max_prompt_chars, spec.max_turns)
+        print(f"kura arena: http://{args.host}:{args.port}  ({len(contestants)} contestants; create rater tokens "
+              f"with  curl -X POST -H 'Authorization: Bearer <admin token>' -H 'Content-Type: application/json' "
+              f"-d '{{\"name\": \"…\"}}' http://{args.host}:{args.port}/admin/raters)", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def arena_pairs_cmd(args) -> int:
+    """Export the arena's decided votes as DPO preference pairs (JSONL: prompt, history, chosen, rejected)."""
+    from kura.arena.store import preference_pairs
+    from pipelines.definitions import build_resources
+    from pipelines.settings import Settings
+
+    prepare_env(Path(args.home))
+    pairs = preference_pairs(build_resources(Settings.from_env())["arena_store"].get().votes())
+    tmp = Path(args.out).with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+    tmp.replace(args.out)
+    print(f"{len(pairs)} preference pairs from the arena's votes written to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kura", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -411,8 +511,16 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("versions", help="what an asset's derived code version covers (modules, packages, hash)")
     v.add_argument("asset", nargs="?", help="asset key, e.g. synthetic or checkpoint/dense_1 (default: all)")
     v.add_argument("--json", action="store_true", help="machine-readable output")
+    a = sub.add_parser("arena", help="serve the human arena web app (kura models through vLLM) on 127.0.0.1")
+    a.add_argument("--home", default=os.environ.get("KURA_HOME", ".kura"))
+    a.add_argument("--spec", default=str(Path(__file__).parent / "arena" / "arena.yaml"))
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8765)
+    ap = sub.add_parser("arena-pairs", help="export the arena's decided votes as DPO preference pairs (JSONL)")
+    ap.add_argument("--home", default=os.environ.get("KURA_HOME", ".kura"))
+    ap.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    commands = {"demo": demo, "ui": ui, "freeze": freeze_cmd, "k8s": k8s_cmd, "k8s-secrets": k8s_secrets_cmd,
+    commands = {"arena": arena_cmd, "arena-pairs": arena_pairs_cmd, "demo": demo, "ui": ui, "freeze": freeze_cmd, "k8s": k8s_cmd, "k8s-secrets": k8s_secrets_cmd,
                 "versions": versions_cmd}
     return commands[args.cmd](args)
 

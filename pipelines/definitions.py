@@ -10,12 +10,14 @@ The resource set is chosen by KURA_ENV: `local` (folder storage, local vLLM engi
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
 import yaml
 from dagster_k8s import k8s_job_executor
 
+from assets.arena_votes import arena_votes, arena_votes_sensor
 from assets.corpus import cleaned, corpus_partitions, corpus_snapshot, deduplicated, raw_corpus
 from assets.frozen import frozen_dataset
 from assets.models_in_use import resource_observations
@@ -29,7 +31,7 @@ from assets.pretrain import build_pretraining_assets
 from pipelines.settings import Settings
 from kura.train.spec import load_run_specs
 from kura.train.trials import load_post_training
-from resources import CorpusResource, GeneratorResource, ManifestIOManager, StorageResource
+from resources import ArenaStoreResource, CorpusResource, GeneratorResource, ManifestIOManager, StorageResource
 from resources.posttrainer import PostTrainerResource
 from resources.trainer import TrainerResource
 
@@ -84,8 +86,10 @@ def build_resources(s: Settings) -> dict:
                                             image=s.image_megatron, gpu_pool=s.gpu_pool,
                                             s3_endpoint=s.s3_endpoint or "")
         if s.env == "cluster" else PostTrainerResource(backend="local"),
+        "arena_store": ArenaStoreResource(url=dg.EnvVar("KURA_ARENA_DB") if os.environ.get("KURA_ARENA_DB")
+                                          else s.arena_db),
         "judge": GeneratorResource(backend="openai", base_url=s.judge_url, served_model=s.judge_model,
-                                   api_key=dg.EnvVar("KURA_JUDGE_API_KEY"))
+                                   api=s.judge_api, api_key=dg.EnvVar("KURA_JUDGE_API_KEY"))
         if s.judge_url else GeneratorResource(backend="transformers"),
     }
 
@@ -243,11 +247,11 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 *build_pretraining_assets(runs, phases),
                 *build_evaluation_assets(runs, phases, templates),
                 *build_post_training_assets(trials, merges, phases, templates, trial_parts),
-                *frozen_sources(), *resource_observations],
+                *frozen_sources(), *resource_observations, arena_votes],
         jobs=[ingest_job, corpus_snapshot_job, observe_models_job, curate_job, synthetic_job, model_job, *post_jobs],
         executor=k8s_job_executor if s.env == "cluster" else None,
         schedules=[synthetic_nightly],
-        sensors=[corpus_files_sensor,
+        sensors=[corpus_files_sensor, arena_votes_sensor,
                  dg.AutomationConditionSensorDefinition("kura_automation", target=dg.AssetSelection.all(),
                                                         default_status=dg.DefaultSensorStatus.RUNNING)],
         resources=build_resources(s),

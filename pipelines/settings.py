@@ -27,6 +27,11 @@ class Settings:
     judge_url: str = ""
     post_training_dir: Path = PIPELINES_DIR / "post_training"
     judge_model: str = "judge"
+    arena_db: str = ""
+    """Vote store of the human arena (KURA_ARENA_DB: an SQLAlchemy URL; default SQLite under the home)."""
+    judge_api: str = "completions"
+    """How the endpoint judge is asked (KURA_JUDGE_API): `completions`, or `chat` for an instruction-tuned /
+    GPT-4-class judge that needs its own chat template."""
     teacher_url: str = ""
     """An OpenAI-compatible endpoint (e.g. `vllm serve`) that writes the synthetic shards instead of the local
     teacher_model (KURA_TEACHER_URL; its key from KURA_TEACHER_API_KEY)."""
@@ -53,5 +58,7 @@ class Settings:
                    judge_url=os.environ.get("KURA_JUDGE_URL", ""),
                    post_training_dir=Path(os.environ.get("KURA_POST_TRAINING_DIR", PIPELINES_DIR / "post_training")),
                    judge_model=os.environ.get("KURA_JUDGE_MODEL", "judge"),
+                   judge_api=os.environ.get("KURA_JUDGE_API", "completions"),
+                   arena_db=os.environ.get("KURA_ARENA_DB") or f"sqlite:///{home / 'arena' / 'votes.sqlite'}",
                    teacher_url=os.environ.get("KURA_TEACHER_URL", ""),
                    teacher_served_model=os.environ.get("KURA_TEACHER_MODEL", "teacher"))

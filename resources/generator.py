@@ -28,6 +28,9 @@ class GeneratorResource(dg.ConfigurableResource):
     """Model name at the endpoint (backend=openai)."""
     api_key: Optional[str] = None
     """Endpoint key; pass dagster.EnvVar(...)."""
+    api: Literal["completions", "chat"] = "completions"
+    """How the judge speaks to the endpoint (backend=openai): completions (a prompt rendered with kura's chat
+    template) or chat (messages; the server applies the model's own chat template: GPT-4-class or instruct judges)."""
     max_concurrency: int = 8
     """Parallel requests to the endpoint."""
     namespace: str = "kura"
@@ -55,6 +58,8 @@ class GeneratorResource(dg.ConfigurableResource):
         if backend == "openai":
             ident.update(endpoint=self.base_url, model=self.served_model,
                          served=_served(self.base_url or "", self.served_model or "", self.api_key or "EMPTY"))
+            if self.api != "completions":  # the judge's prompts reach the model through the server's template
+                ident["api"] = self.api
         elif backend == "kubernetes":
             ident.update(image=self.image, gpus=self.gpus)
         return ident
@@ -98,4 +103,4 @@ class GeneratorResource(dg.ConfigurableResource):
         if not (self.base_url and self.served_model):
             raise ValueError("backend=openai needs base_url and served_model")
         return OpenAICompatibleGenerator(self.base_url, self.served_model, self.api_key or "EMPTY",
-                                         self.max_concurrency)
+                                         self.max_concurrency, api=self.api)

@@ -138,17 +138,9 @@ def wait_for_port(port: int, timeout: float, proc=None) -> None:
 
 def stop_process_group(proc, grace: float = 20) -> None:
     """SIGTERM the server's process group (started with start_new_session=True), SIGKILL after `grace`."""
-    import signal
-    import subprocess
+    from kura.synth.vllm_server import stop
 
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:  # already gone (it failed to start, or exited)
-        return
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop(proc, grace)
 
 
 @dataclass
@@ -227,36 +219,36 @@ def postgres_server():
 
 
 @contextmanager
-def vllm_openai_server(model_dir: str, name: str, logdir: Path, max_model_len: int = 512):
-    """vLLM's OpenAI-compatible server (CPU build) on 127.0.0.1 serving `model_dir` as `name`; yields the base URL
-    once the model is loaded; the process group is stopped on exit."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+def vllm_openai_server(model_dir: str, name: str, logdir: Path, max_model_len: int = 512,
+                       chat_template: Path | None = None):
+    """vLLM's OpenAI-compatible server (CPU build) on 127.0.0.1 serving `model_dir` as `name` (with a chat template
+    file, its chat API too); yields the base URL once the model is loaded; the process group is stopped on exit."""
+    from kura.synth.vllm_server import serve
 
-    from kura.synth.generators import vllm_env
+    with serve(model_dir, name, logdir / "server.log", max_model_len, chat_template) as (url, proc):
+        yield ServerURL(url, proc)
 
-    port = free_port()
-    logdir.mkdir(parents=True, exist_ok=True)
-    logf = open(logdir / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-         "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-         "--max-model-len", str(max_model_len), "--gpu-memory-utilization", "0.5", "--enforce-eager"],
-        env=vllm_env(), stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_port(port, 240, proc)
-        for _ in range(480):  # the port opens before the model is loaded
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.5)
-        yield ServerURL(f"http://127.0.0.1:{port}/v1", proc)
-    finally:
-        stop_process_group(proc)
-        logf.close()
+
+@pytest.fixture(scope="session")
+def served_models(graph, tmp_path_factory):
+    """dense_2's HF export and the teacher (as "judge"), each behind vLLM's OpenAI-compatible server with kura's
+    plain chat template for the chat API; started once, shared by the judge tests and the arena's browser test."""
+    import json
+
+    from kura.mix.spec import ChatTemplate
+    from kura.pack.chat import jinja_template
+
+    logs = tmp_path_factory.mktemp("served")
+    template = logs / "plain.jinja"
+    template.write_text(jinja_template(ChatTemplate()), encoding="utf-8")
+    # the candidate's context is its phase's sequence length (vLLM refuses a longer max_model_len): dense_2, trained
+    # on the instruct phase (128 tokens in the tests' mix)
+    cand_dir = graph.out["hf_model"]["dense_2"]["uri"]
+    ctx = json.loads((Path(cand_dir) / "config.json").read_text())["max_position_embeddings"]
+    with vllm_openai_server(cand_dir, "dense_2", logs / "cand", ctx, template) as cand_url, \
+            vllm_openai_server(graph.out["teacher_model"]["uri"], "judge", logs / "judge", 2048,
+                               template) as judge_url:
+        yield {"dense_2": cand_url, "judge": judge_url, "dense_2_context": ctx}
 
 
 class ServerURL(str):

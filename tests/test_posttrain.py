@@ -144,7 +144,10 @@ def test_trial_leaderboard_ranks_every_trial(graph):
     scores = [r["task_score"] for r in rows]
     assert scores == sorted(scores, reverse=True)
     mat = graph.instance.get_latest_materialization_event(dg.AssetKey("trial_leaderboard")).asset_materialization
-    assert "plot" in mat.metadata
+    assert "plot" in mat.metadata and "metric_correlations" in mat.metadata
+    corr = {(c["metric_a"], c["metric_b"]): c for c in graph.out["trial_leaderboard"]["correlations"]}
+    c = corr[("judge_score", "task_score")]
+    assert c["n"] == len(TRIALS) and (c["spearman"] is None or -1 <= c["spearman"] <= 1)
 
 
 def test_every_trial_is_judged_and_checked_for_contamination(graph):

@@ -56,7 +56,7 @@ def test_webserver_serves_the_asset_graph_on_loopback(tmp_path):
         assert graph["eval_judge/moe_1"] == {"hf_model/moe_1", "teacher_model", "resource/judge"}
         assert graph["adapter"] >= {"synthetic", "data_mix/web", "hf_model/dense_2", "preference_pairs"}
         assert graph["synthetic"] == {"deduplicated", "teacher_model", "resource/generator"}, "the teacher observed"
-        assert len(graph) == 47 and graph["frozen/packed_dataset_web"] == set(), "frozen sources from dvc.yaml"
+        assert len(graph) == 48 and graph["frozen/packed_dataset_web"] == set(), "frozen sources from dvc.yaml"
         assert graph["deduplicated"] == {"cleaned", "corpus_snapshot"}, "staleness through the big fan-in"
         assert graph["data_mix/web"] == {"deduplicated", "synthetic", "tokenizer", "quality_classifier",
                                          "reference_lm"}

@@ -74,8 +74,25 @@ def ratings(votes: list[dict], models: list[str] | None = None, bootstrap: int =
     samples = np.array([elo(bradley_terry(_wins([votes[i] for i in rng.integers(0, len(votes), len(votes))], index)))
                         for _ in range(bootstrap)]) if votes else point[None, :]
     lo, hi = np.percentile(samples, [2.5, 97.5], axis=0)
-    games = {m: sum(1 for v in votes if m in (v["model_a"], v["model_b"])) for m in models}
+    rec = {m: {"wins": 0, "losses": 0, "ties": 0} for m in models}
+    for v in votes:
+        a, b = v["model_a"], v["model_b"]
+        if v["winner"] == "tie":
+            rec[a]["ties"] += 1
+            rec[b]["ties"] += 1
+        else:
+            w, lose = (a, b) if v["winner"] == "a" else (b, a)
+            rec[w]["wins"] += 1
+            rec[lose]["losses"] += 1
     table = sorted(({"model": m, "elo": round(float(point[i]), 1), "ci_low": round(float(lo[i]), 1),
-                     "ci_high": round(float(hi[i]), 1), "games": games[m]} for m, i in index.items()),
-                   key=lambda r: -r["elo"])
+                     "ci_high": round(float(hi[i]), 1), "games": sum(rec[m].values()), **rec[m],
+                     "win_rate": round(rec[m]["wins"] / sum(rec[m].values()), 3) if sum(rec[m].values()) else None}
+                    for m, i in index.items()), key=lambda r: -r["elo"])
     return {"leaderboard": table, "votes": len(votes), "bootstrap": bootstrap}
+
+
+def ratings_by_category(votes: list[dict], models: list[str], bootstrap: int = 100, seed: int = 0) -> dict:
+    """The leaderboard per vote category (a question's category, or the prompt set's / "free" in the arena)."""
+    cats = sorted({v.get("category") or "unknown" for v in votes})
+    return {c: ratings([v for v in votes if (v.get("category") or "unknown") == c], models, bootstrap, seed)
+            for c in cats}

@@ -30,3 +30,19 @@ def render_conversation(turns: list[dict] | str, t: ChatTemplate, encode, assist
             ids += seg
             mask += [m] * len(seg)
     return ids, mask
+
+
+def jinja_template(t: ChatTemplate) -> str:
+    """The template as a Hugging Face / vLLM chat template (Jinja): a kura model served behind an OpenAI-compatible
+    chat endpoint (`vllm serve --chat-template`) sees the same text as `conversation_text` renders, with the
+    assistant prefix as the generation prompt."""
+    def lit(s: str) -> str:
+        return json.dumps(s)  # ASCII escapes: a valid Jinja string literal
+
+    return ("{%- for m in messages -%}"
+            f"{{%- if m['role'] == 'system' -%}}{{{{ {lit(t.system_prefix)} }}}}"
+            f"{{%- elif m['role'] == 'user' -%}}{{{{ {lit(t.user_prefix)} }}}}"
+            f"{{%- else -%}}{{{{ {lit(t.assistant_prefix)} }}}}{{%- endif -%}}"
+            f"{{{{ m['content'] }}}}{{{{ {lit(t.turn_separator)} }}}}"
+            "{%- endfor -%}"
+            f"{{%- if add_generation_prompt -%}}{{{{ {lit(t.assistant_prefix)} }}}}{{%- endif -%}}")

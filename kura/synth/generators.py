@@ -248,47 +248,93 @@ class OpenAICompatibleGenerator(Generator):
     max_concurrency: int = 8
     max_retries: int = 4
     timeout_s: float = 120.0
+    api: str = "completions"
+    """How a judge talks to it: "completions" (a prompt rendered with kura's chat template) or "chat" (messages
+    through /v1/chat/completions, rendered by the server with the model's own chat template: instruction-tuned and
+    GPT-4-class judges). `generate` always uses the completions API; `chat` the chat API."""
     name = "openai"
 
-    def generate(self, prompts: list[str], sampling: SamplingConfig, extra: dict | None = None) -> GenerationResult:
+    def _call(self, request):
+        """One request with bounded retries and backoff; a refusal (4xx other than 408/409/429) fails at once."""
+        delay, start = 1.0, time.monotonic()
+        for attempt in range(self.max_retries + 1):
+            try:
+                return request()
+            except Exception as e:  # noqa: BLE001 - connection errors, 5xx, timeouts: back off and retry
+                status = getattr(e, "status_code", None)
+                if status is not None and 400 <= status < 500 and status not in RETRIED_STATUS:
+                    raise GenerationError(
+                        f"the teacher endpoint {self.base_url} (model {self.model}) refused a request with HTTP "
+                        f"{status} ({_reason(e)}); a refusal is not retried, since the same request is refused "
+                        f"again: fix the request or the server (e.g. a prompt longer than the served context "
+                        f"needs fewer max_tokens or a longer --max-model-len) and rerun") from e
+                if attempt == self.max_retries:
+                    raise GenerationError(
+                        f"the teacher endpoint {self.base_url} (model {self.model}) failed {attempt + 1} tries "
+                        f"over {time.monotonic() - start:.0f} s ({type(e).__name__}: {e}); finished requests "
+                        f"are kept in the shard's request log, so rerunning once the server answers again "
+                        f"resumes there") from e
+                time.sleep(delay)
+                delay *= 2
+
+    def _client(self):
         from openai import OpenAI
 
-        client = OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0)
+        return OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout_s, max_retries=0)
 
-        def one(prompt, extra):
-            delay, start = 1.0, time.monotonic()
-            for attempt in range(self.max_retries + 1):
-                try:
-                    r = client.completions.create(model=self.model, prompt=prompt, max_tokens=sampling.max_tokens,
-                                                  temperature=sampling.temperature, top_p=sampling.top_p,
-                                                  seed=request_seed(sampling.seed, prompt), extra_body=extra)
-                    return (r.choices[0].text, r.usage.prompt_tokens, r.usage.completion_tokens,
-                            r.choices[0].finish_reason or "stop")
-                except Exception as e:  # noqa: BLE001 - connection errors, 5xx, timeouts: back off and retry
-                    status = getattr(e, "status_code", None)
-                    if status is not None and 400 <= status < 500 and status not in RETRIED_STATUS:
-                        raise GenerationError(
-                            f"the teacher endpoint {self.base_url} (model {self.model}) refused a request with HTTP "
-                            f"{status} ({_reason(e)}); a refusal is not retried, since the same request is refused "
-                            f"again: fix the request or the server (e.g. a prompt longer than the served context "
-                            f"needs fewer max_tokens or a longer --max-model-len) and rerun") from e
-                    if attempt == self.max_retries:
-                        raise GenerationError(
-                            f"the teacher endpoint {self.base_url} (model {self.model}) failed {attempt + 1} tries "
-                            f"over {time.monotonic() - start:.0f} s ({type(e).__name__}: {e}); finished requests "
-                            f"are kept in the shard's request log, so rerunning once the server answers again "
-                            f"resumes there") from e
-                    time.sleep(delay)
-                    delay *= 2
-
+    def _map(self, one, items: list) -> tuple[list, float]:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(self.max_concurrency) as pool:
-            res = list(pool.map(lambda p: one(p, extra), prompts))
+            res = list(pool.map(one, items))
+        return res, time.perf_counter() - t0
+
+    def generate(self, prompts: list[str], sampling: SamplingConfig, extra: dict | None = None) -> GenerationResult:
+        client = self._client()
+
+        def one(prompt):
+            def request():
+                r = client.completions.create(model=self.model, prompt=prompt, max_tokens=sampling.max_tokens,
+                                              temperature=sampling.temperature, top_p=sampling.top_p,
+                                              seed=request_seed(sampling.seed, prompt), extra_body=extra)
+                return (r.choices[0].text, r.usage.prompt_tokens, r.usage.completion_tokens,
+                        r.choices[0].finish_reason or "stop")
+            return self._call(request)
+
+        res, seconds = self._map(one, prompts)
         return GenerationResult([r[0] for r in res], sum(r[1] for r in res), sum(r[2] for r in res),
-                                time.perf_counter() - t0, "openai", {}, [r[3] for r in res])
+                                seconds, "openai", {}, [r[3] for r in res])
+
+    def chat(self, conversations: list[list[dict]], sampling: SamplingConfig,
+             extra: dict | None = None) -> GenerationResult:
+        """One assistant reply per conversation ([{role, content}]) through /v1/chat/completions."""
+        client = self._client()
+
+        def one(msgs):
+            key = json.dumps(msgs, ensure_ascii=False, sort_keys=True)
+
+            def request():
+                r = client.chat.completions.create(model=self.model, messages=msgs, max_tokens=sampling.max_tokens,
+                                                   temperature=sampling.temperature, top_p=sampling.top_p,
+                                                   seed=request_seed(sampling.seed, key), extra_body=extra)
+                u = r.usage
+                return (r.choices[0].message.content or "", u.prompt_tokens if u else 0,
+                        u.completion_tokens if u else 0, r.choices[0].finish_reason or "stop")
+            return self._call(request)
+
+        res, seconds = self._map(one, conversations)
+        return GenerationResult([r[0] for r in res], sum(r[1] for r in res), sum(r[2] for r in res),
+                                seconds, "openai-chat", {}, [r[3] for r in res])
 
     def choose(self, prompts: list[str], choices: list[str]) -> list[str]:
         """vLLM's structured outputs (guided choice) through the completions API."""
         n = max(len(c) for c in choices)
         return self.generate(prompts, SamplingConfig(max_tokens=n + 2),
                              {"structured_outputs": {"choice": list(choices)}}).completions
+
+    def choose_chat(self, conversations: list[list[dict]], choices: list[str]) -> list[str]:
+        """Guided choice that continues each conversation's last (assistant) message: vLLM's chat extensions
+        `continue_final_message` + `structured_outputs`. Servers other than vLLM refuse them (HTTP 400)."""
+        n = max(len(c) for c in choices)
+        return self.chat(conversations, SamplingConfig(max_tokens=n + 2),
+                         {"structured_outputs": {"choice": list(choices)}, "continue_final_message": True,
+                          "add_generation_prompt": False}).completions

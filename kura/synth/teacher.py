@@ -27,7 +27,8 @@ class TeacherConfig(BaseModel):
     num_layers: int = Field(2, description="Transformer layers.")
     num_heads: int = Field(4, description="Attention heads; hidden/heads must be 32, 64, 80, ... (vLLM CPU).")
     intermediate_size: int = Field(384, description="MLP width.")
-    max_position_embeddings: int = Field(512, description="Context length (vLLM max_model_len).")
+    max_position_embeddings: int = Field(2048, description="Context length (vLLM max_model_len); as the demo's "
+                                         "judge it reads whole two-turn MT-Bench conversations.")
     steps: int = Field(800, description="Optimizer steps (fewer and the 0.7M-parameter teacher ignores its input "
                                        "and repeats a few answers, which the output checks then reject).")
     batch_size: int = Field(16, description="Sequences per step.")
