@@ -134,14 +134,11 @@ def test_arena_spec_needs_two_distinct_contestants_with_one_source_each():
 def test_a_rater_votes_in_the_browser_and_the_arena_asset_rates_it(graph, served_models, tmp_path):
     """Real browser, real vLLM servers (dense_2 and the teacher through their chat APIs), the session's Dagster
     instance: two battles voted through the page, then the sensor's observation of `arena_votes` and the
-    automation conditions re-rate `arena` once with both human votes."""
+    automation conditions re-rate `arena` once with both human votes; removing the rater re-rates it back."""
     import uvicorn
     import dagster as dg
-    from playwright.sync_api import sync_playwright
 
-    from assets.arena_votes import arena_votes_sensor
-    from tests.automation_driver import drive
-    from tests.conftest import CHROMIUM, CHROMIUM_ARGS, TINY_OPS, free_port
+    from tests.conftest import free_port
 
     store = graph.defs.resources["arena_store"].get()
     contestants = [Contestant(ContestantSpec(name=n, base_url=served_models[n], max_tokens=12), served_models[n],
@@ -157,55 +154,34 @@ def test_a_rater_votes_in_the_browser_and_the_arena_asset_rates_it(graph, served
     token = TestClient(app).post("/admin/raters", json={"name": "rater-1"},
                                  headers={"Authorization": f"Bearer {ADMIN}"}).json()["token"]
     before = len(store.votes())
+    rater = store.rater(token)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            page.on("dialog", lambda d: (_ for _ in ()).throw(AssertionError("a script from a prompt ran")))
-            page.goto(base, wait_until="domcontentloaded")
-            page.fill("#token", token)
-            page.click("#signin-button")
-            page.wait_for_selector("#arena:not([hidden])")
-            # battle 1: a prompt with a script tag, shown as text; a follow-up turn; vote A
-            evil = "<script>alert('x')</script><img src=x onerror=alert(1)>こんにちは"
-            page.fill("#prompt", evil)
-            page.click("#send")
-            page.wait_for_selector("#votes:not([hidden])", timeout=120_000)
-            assert page.locator(".turn").first.text_content() == "You: " + evil
-            assert page.locator("img").count() == 0, "nothing the rater wrote became markup"
-            first = (page.text_content("#answer-a"), page.text_content("#answer-b"))
-            assert all(first), "both answers streamed in"
-            page.fill("#prompt", "もう少し")
-            page.click("#send")
-            page.wait_for_selector("#votes:not([hidden])", timeout=120_000)
-            page.click("#votes button[data-winner=a]")
-            page.wait_for_selector("#reveal:not([hidden])")
-            assert set(page.text_content("#reveal").replace("Model A: ", "").split(" / Model B: ")) == {
-                "dense_2", "judge"}, "the names only after the vote"
-            # battle 2: a drawn prompt; vote both bad
-            page.click("#new-battle")
-            page.click("#draw")
-            page.wait_for_function("document.getElementById('prompt').value.length > 0")
-            assert page.input_value("#prompt") == "春について一言"
-            page.click("#send")
-            page.wait_for_selector("#votes:not([hidden])", timeout=120_000)
-            page.click("#votes button[data-winner=bothbad]")
-            page.wait_for_selector("#reveal:not([hidden])")
-            browser.close()
+        _vote_in_the_browser(graph, store, base, token, before)
     finally:
+        # the session's graph is shared: remove this rater's votes and re-rate, so the arena (and every later
+        # test's view of it) is back at the version it had, reused from storage rather than rebuilt
         server.should_exit = True
-    rows = store.votes()[before:]
-    assert [(r["winner"], len(r["turns"]), r["category"]) for r in rows] == [("a", 2, "free"), ("bothbad", 1,
-                                                                                              "writing")]
-    assert rows[0]["turns"][0]["prompt"] == evil
-    assert {rows[0]["version_a"], rows[0]["version_b"]} <= {"dense_2", "judge"}
+        removed = store.remove_rater(rater.id)
+        _settle_votes(graph, quick=False, rerated=removed > 0)  # the session's own arena config: its earlier output is reused
+    mat = graph.instance.get_latest_materialization_event(dg.AssetKey("arena")).asset_materialization
+    assert mat.metadata["human_votes"].value == 0 and mat.metadata["reused_existing_output"].value is True
+    assert mat.metadata["content_version"].value == graph.out["arena"]["version"]
 
-    # the daemon's sensor reports the new votes; automation then re-rates the arena exactly once
-    quick = {"ops": {"arena": {"config": {"judge_max_tokens": 24, "bootstrap": 20}}}}
+
+def _settle_votes(graph, quick: bool = True, rerated: bool = True):
+    """The daemon's sensor reports the votes' version; automation then re-rates the arena exactly once (with a
+    cheaper judge and bootstrap when `quick`)."""
+    import dagster as dg
+
+    from assets.arena_votes import arena_votes_sensor
+    from tests.automation_driver import drive
+    from tests.conftest import TINY_OPS
+
+    cheap = {"ops": {"arena": {"config": {"judge_max_tokens": 24, "bootstrap": 20}}}}
 
     def config_for(keys):
         ops = {k: {"config": v} for k, v in TINY_OPS.items() if k in {x.to_python_identifier() for x in keys}}
-        return {"ops": {**ops, **quick["ops"]}} if dg.AssetKey("arena") in keys else {"ops": ops}
+        return {"ops": {**ops, **cheap["ops"]}} if quick and dg.AssetKey("arena") in keys else {"ops": ops}
 
     settle = drive(graph.defs, graph.instance, observe=(), run_config_for=config_for)
     with dg.build_sensor_context(instance=graph.instance, resources={"arena_store": graph.defs.resources[
@@ -214,7 +190,57 @@ def test_a_rater_votes_in_the_browser_and_the_arena_asset_rates_it(graph, served
     assert len(result.asset_events) == 1
     graph.instance.report_runless_asset_event(result.asset_events[0])
     d = drive(graph.defs, graph.instance, cursor=settle.cursor, observe=(), run_config_for=config_for)
-    assert d.twice() == {} and {k for k, _ in d.materialized()} == {"arena", "eval_leaderboard"}
+    assert d.twice() == {} and {k for k, _ in d.materialized()} == ({"arena", "eval_leaderboard"} if rerated
+                                                                    else set())
+
+
+def _vote_in_the_browser(graph, store, base, token, before):
+    import dagster as dg
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.conftest import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.on("dialog", lambda d: (_ for _ in ()).throw(AssertionError("a script from a prompt ran")))
+        page.goto(base, wait_until="domcontentloaded")
+        page.fill("#token", token)
+        page.click("#signin-button")
+        page.wait_for_selector("#arena:not([hidden])")
+        # battle 1: a prompt with a script tag, shown as text; a follow-up turn; vote A
+        evil = "<script>alert('x')</script><img src=x onerror=alert(1)>こんにちは"
+        page.fill("#prompt", evil)
+        page.click("#send")
+        page.wait_for_selector("#votes:not([hidden])", timeout=120_000)
+        assert page.locator(".turn").first.text_content() == "You: " + evil
+        assert page.locator("img").count() == 0, "nothing the rater wrote became markup"
+        first = (page.text_content("#answer-a"), page.text_content("#answer-b"))
+        assert all(first), "both answers streamed in"
+        page.fill("#prompt", "もう少し")
+        page.click("#send")
+        page.wait_for_selector("#votes:not([hidden])", timeout=120_000)
+        page.click("#votes button[data-winner=a]")
+        page.wait_for_selector("#reveal:not([hidden])")
+        assert set(page.text_content("#reveal").replace("Model A: ", "").split(" / Model B: ")) == {
+            "dense_2", "judge"}, "the names only after the vote"
+        # battle 2: a drawn prompt; vote both bad
+        page.click("#new-battle")
+        page.click("#draw")
+        # the draw is an async fetch; a locator assertion polls without eval (the page's CSP forbids eval)
+        expect(page.locator("#prompt")).to_have_value("春について一言", timeout=30_000)
+        page.click("#send")
+        page.wait_for_selector("#votes:not([hidden])", timeout=120_000)
+        page.click("#votes button[data-winner=bothbad]")
+        page.wait_for_selector("#reveal:not([hidden])")
+        browser.close()
+    rows = store.votes()[before:]
+    assert [(r["winner"], len(r["turns"]), r["category"]) for r in rows] == [("a", 2, "free"), ("bothbad", 1,
+                                                                                              "writing")]
+    assert rows[0]["turns"][0]["prompt"] == evil
+    assert {rows[0]["version_a"], rows[0]["version_b"]} <= {"dense_2", "judge"}
+
+    _settle_votes(graph)
     md = graph.instance.get_latest_materialization_event(dg.AssetKey("arena")).asset_materialization.metadata
     assert md["human_votes"].value >= 2
     board = {r["model"] for r in md["leaderboard"].value.records for r in [r.data]}

@@ -142,6 +142,17 @@ class VoteStore:
         return {"model_a": b["model_a"], "model_b": b["model_b"], "version_a": b["version_a"],
                 "version_b": b["version_b"]}
 
+    def remove_rater(self, rater_id: int) -> int:
+        """Remove a rater with their battles, turns and votes (a spammer's, or a test's); returns the votes removed.
+        The observed version then changes and the `arena` asset re-rates without them."""
+        with self.engine.begin() as c:
+            ids = sa.select(BATTLES.c.id).where(BATTLES.c.rater_id == rater_id).scalar_subquery()
+            n = c.execute(VOTES.delete().where(VOTES.c.battle_id.in_(ids))).rowcount
+            c.execute(TURNS.delete().where(TURNS.c.battle_id.in_(ids)))
+            c.execute(BATTLES.delete().where(BATTLES.c.rater_id == rater_id))
+            c.execute(RATERS.delete().where(RATERS.c.id == rater_id))
+        return n
+
     def recent_battles(self, rater: Rater, seconds: float) -> int:
         with self.engine.connect() as c:
             return c.execute(sa.select(sa.func.count()).select_from(BATTLES).where(
