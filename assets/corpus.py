@@ -38,6 +38,11 @@ class RawCorpusConfig(dg.Config):
     max_document_bytes: int = readers.MAX_DOCUMENT_BYTES
     """A single document (page, JSON line, WARC record, parquet cell) larger than this is quarantined as
     document_too_large without being decoded or extracted."""
+    extract_timeout_s: float = 2.0
+    """Time bound of one page's HTML extraction; a page past it is quarantined as extract_timeout and the file
+    goes on (kura.corpus.guard)."""
+    extract_memory_mb: int = 1024
+    """Memory allowance of the extraction helper; a page needing more is quarantined as extract_memory."""
 
 
 @kura_asset(partitions_def=corpus_partitions, group_name="corpus")
@@ -47,9 +52,10 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, corpu
     are quarantined with their reason; nothing raises."""
     pk = context.partition_key
     fingerprint = corpus.fingerprint(pk)  # before reading: a file changed while it is read is seen next tick
-    path = corpus.file(pk)
+    escape = corpus.outside_root(pk)  # a link or key out of the corpus root: quarantined, never read or hashed
+    path = corpus.file(pk) if not escape else None
     try:
-        file_hash = sha256_file(path)
+        file_hash = sha256_file(path) if path else "outside_root"
     except OSError as e:
         file_hash = f"unreadable:{type(e).__name__}"
     counts: Counter = Counter()
@@ -57,8 +63,10 @@ def raw_corpus(context: dg.AssetExecutionContext, config: RawCorpusConfig, corpu
     def build(stage):  # streamed: documents go to parquet in row groups as they are read
         with ParquetRowWriter(stage / "documents.parquet", RAW_SCHEMA) as docs, \
                 ParquetRowWriter(stage / "quarantine.parquet", RAW_QUARANTINE, batch=256) as rejected:
-            for item in readers.read_corpus_file(path, pk, config.text_field, config.id_field,
-                                                 config.max_document_bytes):
+            items = [readers.Rejected(pk, 0, "outside_root", escape, b"")] if escape else readers.read_corpus_file(
+                path, pk, config.text_field, config.id_field, config.max_document_bytes, root=corpus.root(),
+                extract_timeout_s=config.extract_timeout_s, extract_memory_mb=config.extract_memory_mb)
+            for item in items:
                 if isinstance(item, readers.Document):
                     docs.add({"doc_id": item.doc_id, "source": item.source, "position": item.position,
                               "orig_id": item.orig_id, "text": item.text})

@@ -9,6 +9,7 @@ from typing import Optional
 import dagster as dg
 
 from kura.corpus.default import DefaultCorpusConfig, write_default_corpus
+import kura.corpus.readers as readers
 from kura.corpus.readers import is_supported
 from kura.io import Storage
 
@@ -100,8 +101,21 @@ class CorpusResource(dg.ConfigurableResource):
         """Where the file lives (recorded in the raw shard's stats)."""
         return f"{self.path.rstrip('/')}/{key}" if self.is_remote() else str(self.folder() / key)
 
+    def root(self) -> Optional[Path]:
+        """The folder files must stay inside (None on an object store, where keys are checked instead)."""
+        return None if self.is_remote() else self.folder()
+
+    def outside_root(self, key: str) -> Optional[str]:
+        """Why the file behind a partition key is outside the corpus root (a symlink out of the folder, a `..`
+        segment, an absolute key), or None."""
+        if why := readers.unsafe_key(key):
+            return why
+        return None if self.is_remote() else readers.outside_root(self.folder() / key, self.folder())
+
     def file(self, key: str) -> Path:
         """A local path to read the file from (a cached copy for S3)."""
+        if why := self.outside_root(key):
+            raise ValueError(f"corpus file {key}: {why}; it is quarantined as outside_root, not read")
         if self.is_remote():
             return self.storage().local_file(key)
         return self.folder() / key

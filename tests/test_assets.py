@@ -44,9 +44,11 @@ def resources(tmp_path, corpus_dir):
 
 def test_bad_input_is_quarantined_counted_and_never_crashes(tmp_path, bad_corpus):
     instance = dg.DagsterInstance.ephemeral()
+    (tmp_path / "secret.jsonl").write_text(json.dumps({"text": "outside secret"}) + "\n")
+    os.symlink(tmp_path / "secret.jsonl", bad_corpus / "escape.jsonl")  # a link out of the corpus root
     res = resources(tmp_path, bad_corpus)
     keys = res["corpus"].list_files()
-    assert "unreadable.jsonl" in keys and len(keys) == 8
+    assert "unreadable.jsonl" in keys and "escape.jsonl" in keys and len(keys) == 9
     instance.add_dynamic_partitions(corpus_partitions.name, keys)
     reasons = {}
     for k in keys:
@@ -65,6 +67,8 @@ def test_bad_input_is_quarantined_counted_and_never_crashes(tmp_path, bad_corpus
     assert reasons["unreadable.jsonl"] == {"unreadable_file": 1}
     assert reasons["bad.txt"] == {"invalid_utf8": 1}
     assert reasons["good.jsonl"] == {}
+    assert reasons["escape.jsonl"] == {"outside_root": 1}
+    assert not [f for f in (tmp_path / "storage").rglob("*") if f.is_file() and b"outside secret" in f.read_bytes()]
 
 
 def test_failing_gx_check_blocks_downstream_in_the_same_run(tmp_path, bad_corpus):

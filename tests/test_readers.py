@@ -140,3 +140,55 @@ def test_fifty_megabyte_documents_and_binary_junk_are_quarantined_not_read(tmp_p
     assert [d.text for d in docs] == ["小さなページ。"] and [r.reason for r in rej] == ["document_too_large"]
     docs, rej = items(tmp_path / "junk.txt")
     assert not docs and rej[0].reason == "invalid_utf8"
+
+
+def test_pages_that_would_stall_extraction_are_stopped_at_their_bound(tmp_path):
+    """Constructed pages that keep resiliparse busy for minutes (measured here: 200,000 nested divs, one tag with
+    300,000 attributes: each past 60 s) are quarantined as extract_timeout within the bound; the file goes on and
+    the pages after them are extracted; the process keeps one live helper."""
+    import time
+
+    import multiprocessing as mp
+
+    deep = b"<html><body>" + b"<div>" * 200_000 + b"deep" + b"</div>" * 200_000 + b"</body></html>"
+    attrs = b"<html><body><div " + b" ".join(b"a%d=1" % i for i in range(300_000)) + b">x</div></body></html>"
+    table = b"<html><body><table>" + (b"<tr>" + b"<td>c</td>" * 300 + b"</tr>") * 300 + b"</table></body></html>"
+    (tmp_path / "deep.html").write_bytes(deep)
+    http = b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+    (tmp_path / "crawl.warc").write_bytes(b"".join(_warc_record(b"response", http + p) for p in (
+        "<p>前のページです。</p>".encode(), attrs, table, deep, "<p>後のページです。</p>".encode())))
+    t = time.monotonic()
+    out = list(read_corpus_file(tmp_path / "deep.html", "deep.html", extract_timeout_s=1.0))
+    assert time.monotonic() - t < 10
+    assert [(type(i).__name__, getattr(i, "reason", "")) for i in out] == [("Rejected", "extract_timeout")]
+    assert "past 1 s" in out[0].detail
+    t = time.monotonic()
+    docs, rej = [], []
+    for i in read_corpus_file(tmp_path / "crawl.warc", "crawl.warc", extract_timeout_s=1.0):
+        (docs if isinstance(i, Document) else rej).append(i)
+    assert time.monotonic() - t < 20, "two stalls cost their bound each, not minutes"
+    assert [d.text for d in docs][0] == "前のページです。" and docs[-1].text == "後のページです。"
+    assert len(docs) == 3 and docs[1].text.count("c") > 80_000, "the big table is fine and kept"
+    assert [(r.position, r.reason) for r in rej] == [(2, "extract_timeout"), (4, "extract_timeout")]
+    helpers = [p for p in mp.active_children() if p.name == "kura-html-extract"]
+    assert len(helpers) == 1, "one helper per process, reused across pages and files (a stalled one was replaced)"
+
+
+def test_links_and_keys_out_of_the_corpus_root_are_refused_unread(tmp_path):
+    from kura.corpus.readers import outside_root, unsafe_key
+
+    root, secret = tmp_path / "corpus", tmp_path / "secret.jsonl"
+    (root / "sub").mkdir(parents=True)
+    secret.write_text(json.dumps({"text": "秘密"}) + "\n")
+    (root / "ok.jsonl").write_text(json.dumps({"text": "普通の文書です。"}, ensure_ascii=False) + "\n")
+    os.symlink(secret, root / "evil.jsonl")
+    os.symlink("../../secret.jsonl", root / "sub" / "rel.jsonl")
+    os.symlink(root / "ok.jsonl", root / "sub" / "inside.jsonl")  # a link that stays inside is fine
+    for name in ("evil.jsonl", "sub/rel.jsonl"):
+        out = list(read_corpus_file(root / name, name, root=root))
+        assert [(type(i).__name__, i.reason) for i in out] == [("Rejected", "outside_root")], name
+        assert "outside the corpus folder" in out[0].detail
+    assert outside_root(root / "sub" / "inside.jsonl", root) is None
+    assert [d.text for d in read_corpus_file(root / "sub" / "inside.jsonl", "x", root=root)] == ["普通の文書です。"]
+    assert outside_root(root / ".." / "secret.jsonl", root)
+    assert unsafe_key("a/../../b.jsonl") and unsafe_key("/etc/passwd") and unsafe_key("a/b.jsonl") is None

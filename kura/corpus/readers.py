@@ -10,6 +10,8 @@ UTF-8, a malformed JSON line, a record without text, or an empty file each becom
 and the raw bytes (capped), so the caller can quarantine and count them. Lines, rows and WARC records are
 streamed, so a multi-GB file never has to fit in memory; a single document over `max_bytes` (a 50 MB page, a log
 dump pasted into one JSON line) is rejected as `document_too_large` without being decoded or extracted.
+A page that would stall extraction is stopped at its time or memory bound (`extract_timeout`, `extract_memory`;
+kura.corpus.guard), and a file that resolves outside the corpus folder is `outside_root`, never read.
 """
 from __future__ import annotations
 
@@ -50,10 +52,46 @@ def is_supported(name: str) -> bool:
     return name.lower().endswith(SUPPORTED_SUFFIXES)
 
 
+def outside_root(path: str | Path, root: str | Path) -> str | None:
+    """Why `path` is not inside the corpus folder `root` once links and `..` are resolved (a symlink to
+    /etc/passwd, `../other/x.jsonl`), or None. Such a file is quarantined as `outside_root` and never read."""
+    try:
+        real, base = Path(path).resolve(), Path(root).resolve()
+    except (OSError, RuntimeError) as e:  # a link loop
+        return f"cannot resolve {Path(path).name}: {e}"
+    if real == base or base in real.parents:
+        return None
+    return f"resolves outside the corpus folder (to {real})"
+
+
+def unsafe_key(key: str) -> str | None:
+    """Why an object-store key would leave its prefix (`..` segments, an absolute path), or None."""
+    if key.startswith("/") or "\\" in key or ".." in key.split("/"):
+        return f"object key {key!r} leaves the corpus prefix"
+    return None
+
+
 def read_corpus_file(path: str | Path, source: str, text_field: str = "text", id_field: str = "id",
-                     max_bytes: int = MAX_DOCUMENT_BYTES) -> Iterator[Item]:
+                     max_bytes: int = MAX_DOCUMENT_BYTES, root: str | Path | None = None,
+                     extract_timeout_s: float = 2.0, extract_memory_mb: int = 1024) -> Iterator[Item]:
+    """`root`: the corpus folder; a path resolving outside it is quarantined unread. HTML pages are extracted
+    within `extract_timeout_s` and `extract_memory_mb` each (kura.corpus.guard)."""
     path = Path(path)
     name = path.name.lower()
+    if root is not None and (why := outside_root(path, root)):
+        yield Rejected(source, 0, "outside_root", why, b"")
+        return
+    if name.endswith((".html", ".htm", ".warc", ".warc.gz")):
+        from kura.corpus.guard import shared
+
+        yield from _read_file(path, name, source, text_field, id_field, max_bytes,
+                              shared(extract_timeout_s, extract_memory_mb))
+    else:
+        yield from _read_file(path, name, source, text_field, id_field, max_bytes, None)
+
+
+def _read_file(path: Path, name: str, source: str, text_field: str, id_field: str, max_bytes: int,
+               guard) -> Iterator[Item]:
     try:
         if path.stat().st_size == 0:
             yield Rejected(source, 0, "empty_file", "file has 0 bytes", b"")
@@ -63,11 +101,11 @@ def read_corpus_file(path: str | Path, source: str, text_field: str = "text", id
         elif name.endswith(".parquet"):
             yield from _read_parquet(path, source, text_field, id_field, max_bytes)
         elif name.endswith((".html", ".htm")):
-            yield from _read_single(path, source, html=True, max_bytes=max_bytes)
+            yield from _read_single(path, source, html=True, max_bytes=max_bytes, guard=guard)
         elif name.endswith((".warc", ".warc.gz")):
-            yield from _read_warc(path, source, max_bytes)
+            yield from _read_warc(path, source, max_bytes, guard)
         elif name.endswith(".txt"):
-            yield from _read_single(path, source, html=False, max_bytes=max_bytes)
+            yield from _read_single(path, source, html=False, max_bytes=max_bytes, guard=None)
         else:
             yield Rejected(source, 0, "unsupported_format", f"suffix not in {SUPPORTED_SUFFIXES}", b"")
     except OSError as e:  # permission denied, I/O error, vanished file
@@ -148,7 +186,17 @@ def html_to_text(data: bytes, declared_charset: str | None = None) -> str:
     return extract_plain_text(bytes_to_str(data, enc), main_content=True)
 
 
-def _read_single(path: Path, source: str, html: bool, max_bytes: int) -> Iterator[Item]:
+def _page(guard, data: bytes, charset: str | None, source: str, n: int, orig_id: str = "") -> Item:
+    """One page through the bounded extractor (or directly, when no guard is given)."""
+    if guard is None:
+        return Document(f"{source}:{n}", html_to_text(data, charset), source, n, orig_id)
+    text, reason, detail = guard.extract(data, charset)
+    if reason:
+        return Rejected(source, n, reason, f"{orig_id}: {detail}" if orig_id else detail, data[:RAW_CAP])
+    return Document(f"{source}:{n}", text, source, n, orig_id)
+
+
+def _read_single(path: Path, source: str, html: bool, max_bytes: int, guard) -> Iterator[Item]:
     size = path.stat().st_size
     if size > max_bytes:
         with open(path, "rb") as f:
@@ -156,7 +204,7 @@ def _read_single(path: Path, source: str, html: bool, max_bytes: int) -> Iterato
         return
     data = path.read_bytes()
     if html:
-        yield Document(f"{source}:0", html_to_text(data), source, 0)
+        yield _page(guard, data, None, source, 0)
         return
     try:
         s = data.decode("utf-8")
@@ -166,7 +214,7 @@ def _read_single(path: Path, source: str, html: bool, max_bytes: int) -> Iterato
     yield Document(f"{source}:0", s, source, 0)
 
 
-def _read_warc(path: Path, source: str, max_bytes: int) -> Iterator[Item]:
+def _read_warc(path: Path, source: str, max_bytes: int, guard) -> Iterator[Item]:
     """Each WARC record is accounted for: HTML responses become documents; other records (requests, metadata,
     non-HTML responses) and truncated or unparseable records are rejected with their reason."""
     from fastwarc.warc import ArchiveIterator
@@ -193,7 +241,7 @@ def _read_warc(path: Path, source: str, max_bytes: int) -> Iterator[Item]:
                 if "html" not in ctype and "text/plain" not in ctype:
                     yield Rejected(source, n, "not_html", f"{uri}: {ctype[:80] or 'no content type'}", b"")
                     continue
-                yield Document(f"{source}:{n}", html_to_text(body, charset), source, n, uri)
+                yield _page(guard, body, charset, source, n, uri)
         except Exception as e:  # noqa: BLE001 - a corrupt gzip member or record header: keep what was read
             yield Rejected(source, n + 1, "truncated_file", f"{type(e).__name__}: {e} after record {n}", b"")
 
