@@ -148,7 +148,8 @@ def build_eval_tasks(spec: RunSpec, templates: dict) -> dg.AssetsDefinition:
 
         def build(stage: Path) -> dict:
             gen = candidates.build_for(st, model["dir"])
-            res = tasks_mod.run_tasks(tasks, judge_mod.candidate_fn(gen, config.max_tokens), user, assistant, sep, config.limit)
+            res = tasks_mod.run_tasks(tasks, judge_mod.candidate_fn(gen, config.max_tokens), user, assistant, sep,
+                                      config.limit)
             with open(stage / "records.jsonl", "w", encoding="utf-8") as f:
                 for r in res["records"]:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -307,7 +308,7 @@ def build_arena(specs: list[RunSpec], templates: dict) -> dg.AssetsDefinition:
             (hname, htext), = read_text_files(storage, config.human_votes, ".jsonl").items()
             human = [v for v in arena_mod.load_votes(htext, hname) if v["model_a"] in runs and v["model_b"] in runs]
         # the web app's votes: kura runs meet trials and external models there, so every contestant is rated
-        human += arena_votes_mod.rating_votes(arena_store.get().votes())
+        human += arena_votes_mod.rating_votes(arena_store.get().votes(with_turns=False))
         models = runs + sorted({m for v in human for m in (v["model_a"], v["model_b"])} - set(runs))
         category = {q.qid: q.category for q in questions}
 
@@ -412,8 +413,7 @@ def build_leaderboard(specs: list[RunSpec]) -> dg.AssetsDefinition:
         m, reused = run_versioned(context, st, config={}, upstream=inputs, build=build)
         cols = list(m["rows"][0])
         return output(m, reused, leaderboard=_table(m["rows"], cols), plot=_board_plot(m["rows"]),
-                      metric_correlations=_table(m["correlations"], ["metric_a", "metric_b", "n", "spearman",
-                                                                     "pearson"]))
+                      metric_correlations=_table(m["correlations"], correlation_mod.COLUMNS))
 
     return eval_leaderboard
 

@@ -297,8 +297,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
                                   build=build)
         return output(m, reused, leaderboard=_table(m["rows"], list(m["rows"][0])) if m["rows"] else "empty",
                       plot=_trial_plot(m["rows"], config.rank_by), trials=len(m["rows"]),
-                      metric_correlations=_table(m["correlations"], ["metric_a", "metric_b", "n", "spearman",
-                                                                     "pearson"]))
+                      metric_correlations=_table(m["correlations"], correlation_mod.COLUMNS))
 
     out.append(trial_leaderboard)
     return out

@@ -392,9 +392,12 @@ def versions_cmd(args) -> int:
 def arena_contestants(spec, storage, workdir: Path, stack) -> list:
     """Contestants ready to answer: kura models are served by vLLM from their latest export (the chat API, with the
     arena's chat template rendered as a Jinja template), external ones are used where they are."""
+    import dagster as dg
+
     from kura.arena.contestants import Contestant
     from kura.pack.chat import jinja_template
     from kura.synth.vllm_server import serve
+    from resources.io_manager import latest_manifest
 
     template = workdir / "chat_template.jinja"
     template.write_text(jinja_template(spec.chat_template), encoding="utf-8")
@@ -404,13 +407,13 @@ def arena_contestants(spec, storage, workdir: Path, stack) -> list:
             out.append(Contestant(c, c.base_url, spec.chat_template))
             continue
         # an asset key (hf_model/<run>) or a partition of one (merged_model/<trial>)
-        rel = next((r for r in (f"_manifests/{c.serve}/__all__.json", f"_manifests/{c.serve}.json")
-                    if storage.exists(r)), None)
-        if rel is None:
+        head, _, part = c.serve.rpartition("/")
+        m = latest_manifest(storage, dg.AssetKey(c.serve.split("/"))) or (
+            latest_manifest(storage, dg.AssetKey(head.split("/")), part) if head else None)
+        if m is None:
             raise SystemExit(f"kura arena: contestant {c.name!r} serves {c.serve!r}, which has no materialization "
                              f"here: run `make demo` (or materialize it in `make ui`) first, or remove it from "
                              f"the arena spec")
-        m = storage.read_json(rel)
         model_dir = storage.local_dir(m["dir"])
         ctx = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
         print(f"  serving {c.name} ({c.serve} version {m['version']}) with vLLM …", flush=True)
@@ -520,8 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--home", default=os.environ.get("KURA_HOME", ".kura"))
     ap.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    commands = {"arena": arena_cmd, "arena-pairs": arena_pairs_cmd, "demo": demo, "ui": ui, "freeze": freeze_cmd, "k8s": k8s_cmd, "k8s-secrets": k8s_secrets_cmd,
-                "versions": versions_cmd}
+    commands = {"arena": arena_cmd, "arena-pairs": arena_pairs_cmd, "demo": demo, "ui": ui, "freeze": freeze_cmd,
+                "k8s": k8s_cmd, "k8s-secrets": k8s_secrets_cmd, "versions": versions_cmd}
     return commands[args.cmd](args)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+COLUMNS = ["metric_a", "metric_b", "n", "spearman", "pearson"]  # one row of `correlations`
+
 
 def _ranks(v: list[float]) -> list[float]:
     order = sorted(range(len(v)), key=lambda i: v[i])
