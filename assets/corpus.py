@@ -132,8 +132,7 @@ def cleaned(context: dg.AssetExecutionContext, config: CleanedConfig, raw_corpus
                                            f"documents of {context.partition_key}"))
     yield accounting_check(st, raw_corpus, m)
     df = read_parquet(st, m, "documents.parquet").to_pandas()
-    res = expectations.validate_documents(df, min_chars=config.min_chars, max_chars=config.max_chars,
-                                          languages=config.languages)
+    res = expectations.validate_documents(df, min_chars=config.min_chars, languages=config.languages)
     yield dg.AssetCheckResult(check_name="gx_documents_suite", passed=res.success,
                               severity=dg.AssetCheckSeverity.ERROR,
                               metadata={"rows": res.n_rows, "failed_expectations": dg.MetadataValue.json(res.failed),

@@ -59,8 +59,7 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
         res = clean_documents(docs, cc)
         pq.write_table(pa.Table.from_pylist(res.kept), out / f"cleaned_{f.name}.parquet")
         import pandas as pd
-        validate_documents(pd.DataFrame(res.kept), min_chars=cc.min_chars, max_chars=cc.max_chars,
-                           languages=cc.languages)
+        validate_documents(pd.DataFrame(res.kept), min_chars=cc.min_chars, languages=cc.languages)
         shards.append((f.name, res.kept))
     state = DedupState(MinHashConfig(), True)
     hasher = MinHasher(MinHashConfig())

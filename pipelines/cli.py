@@ -389,6 +389,41 @@ def versions_cmd(args) -> int:
     return 0
 
 
+def drops_cmd(args) -> int:
+    """Print what the rules dropped in the latest `cleaned` partitions: counts per reason and samples to read."""
+    import pyarrow.parquet as pq
+
+    from kura.text.drops import format_review, review_drops
+    from kura.text.rules import FAMILIES, RULES
+    from pipelines.definitions import build_resources
+    from pipelines.settings import Settings
+
+    quiet_warnings()
+    if args.rule and not (args.rule in RULES or args.rule.startswith(FAMILIES) or args.rule.startswith("lang_")):
+        print(f"kura drops: no rule {args.rule!r}; rules are {', '.join(sorted(RULES))} (or a family prefix such "
+              f"as ja_)", file=sys.stderr)
+        return 2
+    prepare_env(Path(args.home))
+    storage = build_resources(Settings.from_env())["storage"].get()
+    manifests = [f for f in storage.list_files("_manifests/cleaned") if f.endswith(".json")] \
+        if storage.exists("_manifests/cleaned") else []
+    if not manifests:
+        print(f"kura drops: no cleaned partition in {os.environ['KURA_HOME']}: run `make demo` (or ingest a corpus "
+              f"in `make ui`) first.", file=sys.stderr)
+        return 2
+
+    def shards():
+        for rel in manifests:
+            m = storage.read_json(rel)
+            table = pq.read_table(storage.local_dir(m["dir"]) / "quarantine.parquet",
+                                  columns=["doc_id", "source", "reason", "text"])
+            yield Path(rel).stem, table.to_pylist()
+
+    review = review_drops(shards(), args.rule, args.sample, args.seed)
+    print(format_review(review, args.width))
+    return 0
+
+
 def arena_contestants(spec, storage, workdir: Path, stack) -> list:
     """Contestants ready to answer: kura models are served by vLLM from their latest export (the chat API, with the
     arena's chat template rendered as a Jinja template), external ones are used where they are."""
@@ -522,9 +557,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = sub.add_parser("arena-pairs", help="export the arena's decided votes as DPO preference pairs (JSONL)")
     ap.add_argument("--home", default=os.environ.get("KURA_HOME", ".kura"))
     ap.add_argument("--out", required=True)
+    dr = sub.add_parser("drops", help="samples of the documents each cleaning rule dropped, per reason")
+    dr.add_argument("--home", default=os.environ.get("KURA_HOME", ".kura"))
+    dr.add_argument("--rule", help="a rule/reason (ja_no_sentences) or a family prefix (ja_); default: all")
+    dr.add_argument("--sample", type=int, default=20, help="documents shown per reason")
+    dr.add_argument("--width", type=int, default=400, help="characters shown per document")
+    dr.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    commands = {"arena": arena_cmd, "arena-pairs": arena_pairs_cmd, "demo": demo, "ui": ui, "freeze": freeze_cmd,
-                "k8s": k8s_cmd, "k8s-secrets": k8s_secrets_cmd, "versions": versions_cmd}
+    commands = {"arena": arena_cmd, "arena-pairs": arena_pairs_cmd, "demo": demo, "drops": drops_cmd, "ui": ui,
+                "freeze": freeze_cmd, "k8s": k8s_cmd, "k8s-secrets": k8s_secrets_cmd, "versions": versions_cmd}
     return commands[args.cmd](args)
 
 

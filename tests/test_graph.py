@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -59,7 +60,7 @@ def test_every_document_accounted_for(graph):
     for c in graph.out["cleaned"].values():
         for k, v in c["dropped_by_reason"].items():
             drops[k] = drops.get(k, 0) + v
-    assert {"too_short", "boilerplate"} <= set(drops), drops
+    assert {"doc_too_short", "boilerplate_ads"} <= set(drops), drops
 
 
 def test_quality_checks_passed(graph):
@@ -368,3 +369,29 @@ def test_one_run_spec_edit_rebuilds_exactly_that_run_and_downstream_once(graph, 
     assert {k for k, _ in result.materialized()} == {
         "upcycled/moe_1", "checkpoint/moe_1", "hf_model/moe_1", "eval_perplexity/moe_1", "eval_tasks/moe_1",
         "eval_judge/moe_1", "contamination/moe_1", "arena", "eval_leaderboard"}
+
+
+def test_drops_command_samples_each_reason_of_the_cleaned_partitions(graph, capsys):
+    """`python -m pipelines.cli drops --rule doc_ --sample 3`: the counts are the cleaned partitions' drops of that
+    family, each reason shows at most three documents."""
+    from pipelines.cli import main
+
+    env_before = dict(os.environ)
+    try:
+        assert main(["drops", "--rule", "doc_", "--sample", "3", "--width", "60", "--home", str(graph.home)]) == 0
+        assert main(["drops", "--rule", "no_such_rule", "--home", str(graph.home)]) == 2
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    out, err = capsys.readouterr()
+    cleaned = sorted((graph.home / "storage" / "_manifests" / "cleaned").glob("*.json"))  # what the command reads
+    want = {}
+    for f in cleaned:
+        for k, v in json.loads(f.read_text())["dropped_by_reason"].items():
+            if k.startswith("doc_"):
+                want[k] = want.get(k, 0) + v
+    assert want and f"{sum(want.values())} dropped document(s) in {len(cleaned)} cleaned" in out
+    for reason, n in want.items():
+        assert f"== {reason}: {n} dropped, {min(3, n)} shown" in out
+    assert out.count("\n-- ") == sum(min(3, n) for n in want.values())
+    assert "no rule 'no_such_rule'" in err

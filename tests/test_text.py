@@ -45,16 +45,18 @@ def test_filters_give_reasons_and_account_for_everything():
     res = clean_documents([{"doc_id": str(i), "text": t, "source": "s"} for i, t in enumerate(docs)], CleanConfig())
     assert [d["doc_id"] for d in res.kept] == ["0", "1"]
     assert {r["doc_id"]: r["reason"] for r in res.rejected} == {
-        "2": "too_short", "3": "empty", "4": "boilerplate", "5": "too_long", "6": "repetitive",
-        "7": "replacement_chars"}
+        "2": "doc_too_short", "3": "doc_empty", "4": "boilerplate_ads", "5": "gopher_dup_ngrams",
+        "6": "gopher_dup_lines", "7": "doc_replacement_chars"}
     assert sum(res.drops.values()) + len(res.kept) == len(docs)
 
 
 def test_clean_config_rejects_contradictions():
     import pytest
 
-    with pytest.raises(ValueError, match="min_chars < max_chars"):
-        CleanConfig(min_chars=100, max_chars=10)
+    with pytest.raises(ValueError, match="must be in"):
+        CleanConfig(min_hiragana_fraction=1.5)
+    with pytest.raises(ValueError, match="unknown rule.*no_such_rule"):
+        CleanConfig(rules=["doc_empty", "no_such_rule"])
 
 
 def test_exact_dedup_across_shards_first_copy_wins():
@@ -86,7 +88,7 @@ def test_japanese_aware_rules():
     assert not is_navigation_line("東京 | 大阪の歴史について長い説明をする文です。これは本文。")
     docs = [
         JA,                                                              # prose: kept
-        "東京ホテル 格安予約 キャンペーン セール ランキング 口コミ 人気 ベスト 最安値 比較",  # keyword spam
+        "東京ホテル 格安予約 キャンペーン セール ランキング 口コミ 人気 ベスト 最安値 比較 今すぐ予約できます。",  # spam
         "\n".join(["東京の歴史と文化について", "大阪の食べ物と料理の話題", "京都の寺と神社の写真集",
                    "名古屋の鉄道と駅の案内", "福岡の祭りと季節の行事"]),  # headings, no sentences
         "\n".join(f"・項目{i}の説明です。" for i in range(12)),                  # bullets
@@ -94,7 +96,7 @@ def test_japanese_aware_rules():
     ]
     res = clean_documents([{"doc_id": str(i), "text": t, "source": "s"} for i, t in enumerate(docs)], CleanConfig())
     assert {r["doc_id"]: r["reason"] for r in res.rejected} == {
-        "1": "ja_low_hiragana", "2": "ja_few_sentence_ends", "3": "bullet_list"}
+        "1": "ja_low_hiragana", "2": "ja_no_sentences", "3": "gopher_bullet_lines"}
     assert [d["text"] for d in res.kept] == [JA, JA] and res.stats["navigation_lines_removed"] == 1
 
 
@@ -141,7 +143,7 @@ def test_char_ngram_lm_prefers_text_like_its_reference_and_round_trips(tmp_path)
     assert np.allclose(CharNgramLM.load(tmp_path).perplexities(held[:5]), lm.perplexities(held[:5]))
 
 
-def test_repeated_ngram_rule_and_raw_length_cap():
+def test_repeated_ngram_rule_and_length_alone_never_drops():
     from kura.text.filters import CleanConfig, clean_documents, duplicate_ngram_char_fraction
 
     spam = "本日限りの特別価格でご提供いたしますので、ぜひこの機会にお買い求めください。在庫に限りがあります。" * 4
@@ -149,6 +151,9 @@ def test_repeated_ngram_rule_and_raw_length_cap():
     assert duplicate_ngram_char_fraction("一二三四五六七八九十" * 2, 50) == 0.0
     prose = "東京の歴史について学びました。" + "".join(f"第{i}章では{i * 7}年の出来事を扱います。" for i in range(12))
     assert duplicate_ngram_char_fraction(prose, 50) == 0.0
-    docs = [{"doc_id": "a", "source": "s", "text": spam}, {"doc_id": "b", "source": "s", "text": "あ" * 300_000}]
+    long_prose = "\n\n".join(f"第{i}章では{i * 7}年の出来事と、その時代の人々の暮らしについて詳しく述べます。" for i in range(6000))
+    docs = [{"doc_id": "a", "source": "s", "text": spam}, {"doc_id": "b", "source": "s", "text": "あ" * 300_000},
+            {"doc_id": "c", "source": "s", "text": long_prose}]
     res = clean_documents(docs, CleanConfig())
-    assert dict(res.drops) == {"repeated_ngrams": 1, "too_long": 1}
+    assert dict(res.drops) == {"gopher_dup_ngrams": 2}
+    assert [d["doc_id"] for d in res.kept] == ["c"] and res.kept[0]["n_chars"] > 200_000  # long, kept whole

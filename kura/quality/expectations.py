@@ -19,9 +19,11 @@ class SuiteResult:
     details: dict
 
 
-def validate_documents(df: pd.DataFrame, *, min_chars: int, max_chars: int, languages: list[str]) -> SuiteResult:
+def validate_documents(df: pd.DataFrame, *, min_chars: int, languages: list[str], max_chars: int | None = None
+                       ) -> SuiteResult:
     """Expectations every cleaned shard must meet: the schema, unique non-null ids, non-null text, lengths within
-    the configured bounds, languages from the allowed set, no U+FFFD replacement characters and no NUL bytes."""
+    the configured bounds (no upper bound by default: length alone never drops a document), languages from the
+    allowed set, no U+FFFD replacement characters and no NUL bytes."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
