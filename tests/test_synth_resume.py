@@ -130,3 +130,27 @@ def test_output_checks_name_every_rejection():
     from kura.synth.checks import reject_rate
 
     assert reject_rate(len(recs), Counter(r for _, r in rejected)) == pytest.approx(6 / 7)
+
+
+def test_output_checks_are_an_ordered_list_and_a_new_check_is_one_function():
+    from kura.synth import checks as C
+
+    recs = [{"text": "user: 質問\nassistant: 東京の歴史について説明します。TODO", "lang": "ja"},
+            {"text": "user: 質問\nassistant: 京都の寺院は平安時代から続く文化の中心です。", "lang": "ja"}]
+    answers = ["東京の歴史について説明します。TODO", "京都の寺院は平安時代から続く文化の中心です。"]
+
+    @C.check("placeholder")
+    def placeholder(c, shard, cfg):
+        return "placeholder" if "TODO" in c.answer else None
+
+    try:
+        kept, rejected = check_records(recs, ["源", "源"], [], answers,
+                                       OutputChecks(checks=[*C.DEFAULT_CHECKS, "placeholder"]))
+        assert kept == [1] and rejected == [(0, "placeholder")]
+        assert check_records(recs, ["源", "源"], [], answers, OutputChecks())[0] == [0, 1]
+        only = OutputChecks(checks=["refusal"])  # a profile without near_duplicate keeps both copies of one answer
+        assert check_records(recs * 2, ["源"] * 4, [], answers * 2, only)[0] == [0, 1, 2, 3]
+    finally:
+        C.CHECKS.pop("placeholder", None)
+    with pytest.raises(ValueError, match="unknown output check"):
+        OutputChecks(checks=["no_such_check"])
