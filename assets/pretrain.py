@@ -22,6 +22,7 @@ import kura.eval.perplexity as ppl
 import kura.train.export_hf as export_hf
 import kura.train.mcore as mcore
 import kura.train.pretrain as pretrain_mod
+import kura.train.spikes as spikes
 import kura.train.upcycle as upcycle_mod
 from assets._common import curves_md, input_version_of, kura_asset, output, run_versioned, work_dir, write_json
 from assets.automation import EAGER, ON_EDIT_OR_EAGER
@@ -45,11 +46,17 @@ def hf_key(run: str) -> dg.AssetKey:
     return dg.AssetKey(["hf_model", run])
 
 
+class SpikeCheckConfig(dg.Config, spikes.SpikeConfig):
+    """The loss-spike rule of the checkpoint's `no_loss_spikes` check (see kura.train.spikes.SpikeConfig)."""
+
+
 class CheckpointConfig(dg.Config):
     train_iters: Optional[int] = None
     """Override the spec's budget (tests, quick looks); None = the spec's train_iters / train_tokens."""
     keep_work_dir: bool = result_neutral(False, description="Keep the intermediate resumable checkpoints after "
                                                             "the run finished (default: delete them).")
+    spikes: SpikeCheckConfig = result_neutral(SpikeCheckConfig(), description="The rule of the no_loss_spikes "
+                                              "check: it reads the loss curve, the weights do not depend on it.")
 
 
 class UpcycleConfig(dg.Config):
@@ -90,9 +97,13 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
               description=f"{kind} run on phase {spec.phase}"
                           f"{', from ' + spec.init_from if spec.init_from else ''}. {spec.description}".strip(),
               code_version_extra=json.dumps(spec.model_dump(), sort_keys=True),
-              kinds={"pytorch"}, tags={"kura/run": spec.name})
+              kinds={"pytorch"}, tags={"kura/run": spec.name},
+              check_specs=[dg.AssetCheckSpec("no_loss_spikes", asset=ckpt_key(spec.name),
+                                             description="No loss or gradient-norm spike in the training curve "
+                                                         "(robust z over a trailing window, kura.train.spikes); "
+                                                         "fails with the spike steps. A warning: it blocks nothing.")])
     def checkpoint(context: dg.AssetExecutionContext, config: CheckpointConfig, storage: StorageResource,
-                   trainer: TrainerResource, **inputs) -> dg.Output:
+                   trainer: TrainerResource, **inputs):
         st = storage.get()
         packed, tok, parent = inputs["packed"], inputs["tokenizer"], inputs.get("parent")
         iv = input_version_of(context, config, inputs)
@@ -133,8 +144,14 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
               if s.get(k) is not None}
         if curve:
             md["loss_and_lr"] = curves_md(curve, f"checkpoint/{spec.name}")
-        return output(m, reused, **md, architecture=kind, chain=" → ".join(m["lineage"]["chain"]),
-                      lineage=m["lineage"])
+        yield output(m, reused, **md, architecture=kind, chain=" → ".join(m["lineage"]["chain"]),
+                     lineage=m["lineage"])
+        found = spikes.spike_report(spikes.detect_spikes(curve, config.spikes))
+        yield dg.AssetCheckResult(check_name="no_loss_spikes", passed=not found["spikes"],
+                                  severity=dg.AssetCheckSeverity.WARN,
+                                  metadata={"spikes": found["spikes"], "spike_steps": found["spike_steps"],
+                                            "details": dg.MetadataValue.json(found["details"]),
+                                            "logged_points": len(curve)})
 
     return checkpoint
 

@@ -81,6 +81,10 @@ class TrainerResource(dg.ConfigurableResource):
         if self.backend == "kubernetes":
             if not export_uri:
                 raise ValueError("the kubernetes trainer needs export_uri (where pod 0 uploads the final weights)")
+            if spec.rollback_on_spike:
+                raise ValueError(f"run {spec.name}: rollback_on_spike works with the local trainer only (Megatron-LM "
+                                 f"has no rollback); remove it from pipelines/runs/{spec.name}.yaml for cluster runs "
+                                 f"— the checkpoint's no_loss_spikes check still reports the spikes")
             return self._train_k8s(context, spec, seq_length=seq_length, blend=blend or [],
                                    dataset_dvc_path=dataset_dvc_path, parent=parent, export_uri=export_uri,
                                    vocab_size=vocab_size)

@@ -395,3 +395,9 @@ def test_drops_command_samples_each_reason_of_the_cleaned_partitions(graph, caps
         assert f"== {reason}: {n} dropped, {min(3, n)} shown" in out
     assert out.count("\n-- ") == sum(min(3, n) for n in want.values())
     assert "no rule 'no_such_rule'" in err
+
+
+def test_every_checkpoint_has_a_loss_spike_check_and_the_tiny_runs_pass_it(graph):
+    keys = [dg.AssetCheckKey(dg.AssetKey(["checkpoint", r]), "no_loss_spikes") for r in RUNS]
+    recs = graph.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    assert {k: r.status.value for k, r in recs.items()} == {k: "SUCCEEDED" for k in keys}

@@ -204,8 +204,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "final_loss": last.get("loss"), "iterations": last.get("step"),
                 "tflops_per_gpu": last.get("tflops_per_gpu"), "checkpoint": args.save,
                 **({"weights_uri": args.export, "converted_from": exported["converted_from"]} if exported else {}),
-                "loss_curve": {"raw_value": [{k: r.get(k) for k in ("step", "loss", "lr")} for r in out["curve"]],
-                               "type": "json"}})
+                "loss_curve": {"raw_value": [{k: r.get(k) for k in ("step", "loss", "lr", "grad_norm")}
+                                             for r in out["curve"]], "type": "json"}})
         pipes.close()
     return code
 

@@ -5,6 +5,11 @@ The loop is Megatron-LM's, shrunk to one process: global batch = micro-batches w
 MoE auxiliary loss scaled per micro-batch as Megatron's schedule does. Step i always consumes samples
 [i·gbs, (i+1)·gbs) of the blended dataset, so a resumed run sees the same batches as an uninterrupted one.
 
+Loss spikes: with `rollback_on_spike` in the spec, every step's loss and gradient norm are judged (kura.train.spikes)
+before the update; a spike rolls the run back to the latest saved checkpoint and skips the batches from there to the
+spike (step i then reads batch i + skipped), recorded in stats and lineage.json; more than `max_rollbacks` stops the
+run with a plain error. Otherwise spikes are only reported (the checkpoint's `no_loss_spikes` check).
+
 Resume: every `save_interval` steps a checkpoint `work_dir/iter_NNNNNNN/` (weights, optimizer, RNG, loss curve so
 far) is written to a temp folder and renamed, then `latest_checkpointed_iteration.txt` (Megatron's tracker
 name) is replaced atomically. A killed run restarts from the tracker's iteration; no partial checkpoint is ever
@@ -29,6 +34,7 @@ from typing import Callable, Optional
 from kura.io.hashing import content_only
 from kura.io.storage import atomic_write
 from kura.train.spec import RunSpec
+from kura.train.spikes import judge
 
 TRACKER = "latest_checkpointed_iteration.txt"
 PEAK_TFLOPS_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
@@ -107,6 +113,33 @@ def save_checkpoint(work_dir: Path, step: int, model, opt, state: dict) -> Path:
     return final
 
 
+class SpikeRollbackLimit(RuntimeError):
+    pass
+
+
+def rollback(state: dict, step: int, found: list, roll, restore: Callable[[int], dict], work_dir: Path,
+             run: str) -> dict:
+    """Back to the latest saved checkpoint (≤ step); the batches from there to the spike are skipped from now on.
+    Returns the restored state with the rollback recorded (`at`: the step to continue from)."""
+    done = state["rollbacks"]
+    if len(done) >= roll.max_rollbacks:
+        s = found[0]
+        raise SpikeRollbackLimit(
+            f"checkpoint/{run}: {s.metric} spiked at step {step} ({s.value:.4g} > {s.threshold:.4g}) after "
+            f"{len(done)} rollbacks already (rollback_on_spike.max_rollbacks, at steps "
+            f"{[r['spike_step'] for r in done]}); the run itself diverges, not a few batches: lower optim.lr or "
+            f"raise optim.warmup_iters, or read the data of the skipped batches.")
+    back = latest_iteration(work_dir)
+    offset = state["data_offset"]
+    record = {"spike_step": step, "metrics": sorted({s.metric for s in found}),
+              "values": {s.metric: s.value for s in found}, "rolled_back_to": back,
+              "skipped_batches": [back + offset, step + offset]}
+    restored = restore(back)
+    restored.update(data_offset=offset + step - back + 1, rollbacks=[*done, record], at=back,
+                    resumed_from=state.get("resumed_from"))
+    return restored
+
+
 def pretrain(spec: RunSpec, packed_dir: Path, work_dir: Path, out_dir: Path, *, vocab_size: int,
              seq_length: int, init_weights: Optional[Path] = None, lineage: Optional[dict] = None,
              train_iters: Optional[int] = None, bf16: bool = False,
@@ -118,35 +151,48 @@ def pretrain(spec: RunSpec, packed_dir: Path, work_dir: Path, out_dir: Path, *, 
 
     iters = train_iters or spec.iters(seq_length)
     n_micro = spec.global_batch_size // spec.micro_batch_size
+    roll = spec.rollback_on_spike
+    spare = roll.max_rollbacks * spec.save_interval if roll else 0  # batches a rollback may skip, at most
     work_dir, out_dir = Path(work_dir), Path(out_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model = mcore.build_model(spec, vocab_size, seq_length, bf16=bf16)
-    data = mcore.build_train_dataset(packed_dir, iters * spec.global_batch_size, spec.seed, seq_length)
+    data = mcore.build_train_dataset(packed_dir, (iters + spare) * spec.global_batch_size, spec.seed, seq_length)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.optim.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=spec.optim.lr,
                             betas=(spec.optim.adam_beta1, spec.optim.adam_beta2), fused=device.type == "cuda")
     start = latest_iteration(work_dir)
-    state = {"curve": [], "tokens": 0, "seconds": 0.0, "resumed_from": None}
-    if start:
-        ck = work_dir / f"iter_{start:07d}"
+    # data_offset: batches skipped by rollbacks so far (step i reads batch i + data_offset); accepted: the recent
+    # per-step points the online spike rule judges against
+    state = {"curve": [], "tokens": 0, "seconds": 0.0, "resumed_from": None, "data_offset": 0, "rollbacks": [],
+             "accepted": []}
+
+    def restore(step: int) -> dict:
+        ck = work_dir / f"iter_{step:07d}"
         load_weights(model, ck / "model.safetensors")
         saved = torch.load(ck / "optimizer.pt", weights_only=False)
         opt.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["rng"])
-        state = json.loads((ck / "state.json").read_text())
-        state["resumed_from"] = start
-    elif init_weights is not None:
-        load_weights(model, Path(init_weights))
+        return {"data_offset": 0, "rollbacks": [], "accepted": [], **json.loads((ck / "state.json").read_text())}
+
+    if start or (roll and (work_dir / f"iter_{0:07d}").exists()):
+        state = restore(start)
+        state["resumed_from"] = start or None
+    else:
+        if init_weights is not None:
+            load_weights(model, Path(init_weights))
+        if roll:  # something to roll back to before the first save
+            save_checkpoint(work_dir, 0, model, opt, state)
     fpt = flops_per_token(spec, vocab_size, seq_length)
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
     model.train()
     t_run = time.perf_counter()
     seconds_before = state["seconds"]
-    for step in range(start, iters):
+    step = start
+    while step < iters:
         t0 = time.perf_counter()
         lr = lr_at(step, spec, iters)
         for g in opt.param_groups:
@@ -156,13 +202,21 @@ def pretrain(spec: RunSpec, packed_dir: Path, work_dir: Path, out_dir: Path, *, 
             MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(1.0 / n_micro, device=device))
         loss_sum, tokens = 0.0, 0
         for k in range(n_micro):
-            base = step * spec.global_batch_size + k * spec.micro_batch_size
+            base = (step + state["data_offset"]) * spec.global_batch_size + k * spec.micro_batch_size
             batch = mcore.collate([data[base + j] for j in range(spec.micro_batch_size)], device)
             loss, n = mcore.loss_and_tokens(model, batch)
             (loss / n_micro).backward()
             loss_sum += float(loss.detach())
             tokens += n
         gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec.optim.clip_grad))
+        if roll:
+            point = {"step": step, "loss": loss_sum / n_micro, "grad_norm": gnorm}
+            found = judge(state["accepted"], point, roll.rule)
+            if found:
+                state = rollback(state, step, found, roll, restore, work_dir, spec.name)
+                step = state.pop("at")
+                continue
+            state["accepted"] = [*state["accepted"], point][-roll.rule.window:]
         opt.step()
         state["tokens"] += tokens
         dt = time.perf_counter() - t0
@@ -176,6 +230,7 @@ def pretrain(spec: RunSpec, packed_dir: Path, work_dir: Path, out_dir: Path, *, 
         if done % spec.save_interval == 0 and done < iters:
             state["seconds"] = seconds_before + time.perf_counter() - t_run
             save_checkpoint(work_dir, done, model, opt, state)
+        step = done
     seconds = seconds_before + time.perf_counter() - t_run
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(model_state(model), str(out_dir / "model.safetensors"))
@@ -189,11 +244,13 @@ def pretrain(spec: RunSpec, packed_dir: Path, work_dir: Path, out_dir: Path, *, 
              "gpu_hours": round(seconds * n_gpus / 3600, 4),
              "mfu": round(tps * fpt / (peak * 1e12), 4) if peak and n_gpus else None,
              "flops_per_token": fpt, "first_loss": state["curve"][0]["loss"],
-             "final_loss": state["curve"][-1]["loss"], "loss_curve": state["curve"]}
+             "final_loss": state["curve"][-1]["loss"], "loss_curve": state["curve"],
+             "rollbacks": state["rollbacks"]}
     (out_dir / "config.json").write_text(json.dumps(
         {"format": "megatron-core-gpt", "spec": spec.model_dump(), "vocab_size": vocab_size,
          "seq_length": seq_length, "iterations": iters, "precision": "bf16" if bf16 else "fp32"}, indent=1))
-    (out_dir / "lineage.json").write_text(json.dumps(lineage or {}, indent=1, sort_keys=True))
+    lineage = {**(lineage or {}), **({"rollbacks": state["rollbacks"]} if state["rollbacks"] else {})}
+    (out_dir / "lineage.json").write_text(json.dumps(lineage, indent=1, sort_keys=True))
     # hashed into the checkpoint's content version: throughput (a timing) stays in `stats`, not in the file
     (out_dir / "loss_curve.json").write_text(json.dumps(content_only(state["curve"])))
     return stats

@@ -18,6 +18,8 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kura.train.spikes import SpikeConfig
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -105,6 +107,16 @@ class ResourcesSpec(_Strict):
     bf16: bool = Field(True, description="bf16 mixed precision on GPUs (the local CPU trainer uses fp32).")
 
 
+class SpikeRollbackSpec(_Strict):
+    """React to a loss or gradient-norm spike as Megatron/OLMo practice does: roll back to the last saved
+    checkpoint and skip the batches from there to the spike (they are recorded in the lineage)."""
+
+    rule: SpikeConfig = Field(default_factory=SpikeConfig, description="The spike rule, judged every step "
+                                                                       "before the update is applied.")
+    max_rollbacks: int = Field(3, ge=1, description="Stop the run with an error after this many rollbacks (the "
+                                                    "spikes are then not bad batches but the run itself).")
+
+
 class RunSpec(_Strict):
     """One pretraining run."""
 
@@ -124,6 +136,9 @@ class RunSpec(_Strict):
     log_interval: int = Field(5, ge=1, description="Record loss and LR every N steps.")
     seed: int = Field(1234, description="Initialization and data-order seed.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Cluster shape.")
+    rollback_on_spike: Optional[SpikeRollbackSpec] = Field(None, description="Roll back and skip batches on a "
+                                                           "loss spike (local trainer); None: spikes are only "
+                                                           "reported by the checkpoint's no_loss_spikes check.")
 
     @model_validator(mode="after")
     def _check(self):
