@@ -117,12 +117,14 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
                        "upcycled": bool(spec.upcycle),
                        "chain": [*(parent.get("lineage", {}).get("chain", []) if parent else []), spec.name]}
             init = model_dir(st, parent) / "model.safetensors" if parent else None
+            init_opt = model_dir(st, parent) / "optimizer.pt" if parent and spec.resume_optimizer else None
             stats = trainer.train(context, spec, packed_dir=st.local_dir(packed["dir"]), work_dir=work,
                                   out_dir=stage, vocab_size=packed["vocab_size"], seq_length=packed["sequence_length"],
                                   init_weights=init, lineage=lineage, train_iters=config.train_iters,
                                   blend=packed.get("blend", {}).get("train"), parent=spec.init_from,
                                   dataset_dvc_path=f"data/frozen/packed_dataset_{spec.phase}",
-                                  export_uri=None if trainer.backend == "local" else st.uri(weights_rel))
+                                  export_uri=None if trainer.backend == "local" else st.uri(weights_rel),
+                                  init_optimizer=init_opt)
             _copy_tokenizer(st.local_dir(tok["dir"]), stage)
             if trainer.backend != "local":
                 write_json(stage / "lineage.json", lineage)

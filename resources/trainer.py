@@ -66,7 +66,8 @@ class TrainerResource(dg.ConfigurableResource):
     def train(self, context: dg.AssetExecutionContext, spec: RunSpec, *, packed_dir: Path, work_dir: Path,
               out_dir: Path, vocab_size: int, seq_length: int, init_weights: Optional[Path], lineage: dict,
               train_iters: Optional[int] = None, blend: Optional[list] = None, parent: Optional[str] = None,
-              dataset_dvc_path: str = "", export_uri: Optional[str] = None) -> dict[str, Any]:
+              dataset_dvc_path: str = "", export_uri: Optional[str] = None,
+              init_optimizer: Optional[Path] = None) -> dict[str, Any]:
         """Train; the local backend writes the checkpoint into `out_dir`, the cluster one leaves Megatron's
         checkpoints on the volume and uploads the converted final weights to `export_uri`."""
         if self.backend == "local":
@@ -77,10 +78,15 @@ class TrainerResource(dg.ConfigurableResource):
                                  f"{r['tokens_per_second']:.0f} tok/s")
 
             return pretrain(spec, packed_dir, work_dir, out_dir, vocab_size=vocab_size, seq_length=seq_length,
-                            init_weights=init_weights, lineage=lineage, train_iters=train_iters, progress=progress)
+                            init_weights=init_weights, lineage=lineage, train_iters=train_iters, progress=progress,
+                            init_optimizer=init_optimizer)
         if self.backend == "kubernetes":
             if not export_uri:
                 raise ValueError("the kubernetes trainer needs export_uri (where pod 0 uploads the final weights)")
+            if spec.resume_optimizer:
+                raise ValueError(f"run {spec.name}: resume_optimizer works with the local trainer only so far (the "
+                                 f"launcher loads a parent with --finetune, a fresh optimizer); remove it from "
+                                 f"pipelines/runs/{spec.name}.yaml for cluster runs")
             if spec.rollback_on_spike:
                 raise ValueError(f"run {spec.name}: rollback_on_spike works with the local trainer only (Megatron-LM "
                                  f"has no rollback); remove it from pipelines/runs/{spec.name}.yaml for cluster runs "

@@ -107,3 +107,41 @@ def test_rollback_on_spike_skips_the_bad_batches_and_records_them(tmp_path):
     with pytest.raises(SpikeRollbackLimit, match=r"after 1 rollbacks already .* lower optim.lr"):
         pretrain(_spec({"max_rollbacks": 1}), packed, tmp_path / "w2", tmp_path / "o2", vocab_size=97,
                  seq_length=32)
+
+
+def test_a_child_run_can_continue_its_parents_optimizer_without_a_new_warmup(tmp_path):
+    """resume_optimizer: the child's AdamW continues the parent's moments and step count and skips warmup;
+    the default starts a fresh optimizer with warmup from the parent's weights."""
+    import pytest
+    import torch
+
+    from kura.train.pretrain import lr_at, pretrain
+    from kura.train.spec import RunSpec
+
+    packed = _spiky_packed(tmp_path / "packed", n_garbage=0)
+    common = dict(phase="web", save_interval=50, log_interval=1, global_batch_size=4, micro_batch_size=4, seed=3,
+                  model=ARCH, optim={"warmup_iters": 4, "lr": 1e-3, "decay_style": "constant"})
+    parent = RunSpec(name="p", train_iters=6, **common)
+    pretrain(parent, packed, tmp_path / "wp", tmp_path / "p", vocab_size=97, seq_length=32)
+
+    def child(resume):
+        s = RunSpec(name="c", train_iters=3, init_from="p", resume_optimizer=resume, **common)
+        out = tmp_path / f"c{int(resume)}"
+        st = pretrain(s, packed, tmp_path / f"w{int(resume)}", out, vocab_size=97, seq_length=32,
+                      init_weights=tmp_path / "p" / "model.safetensors",
+                      init_optimizer=tmp_path / "p" / "optimizer.pt" if resume else None)
+        steps = {float(v["step"]) for v in torch.load(out / "optimizer.pt", weights_only=False)["optimizer"][
+            "state"].values()}
+        return s, st, steps
+
+    s_warm, warm, warm_steps = child(True)
+    s_fresh, fresh, fresh_steps = child(False)
+    assert warm_steps == {9.0} and fresh_steps == {3.0}, "AdamW's step count continues from the parent's 6"
+    assert warm["loss_curve"][0]["lr"] == pytest.approx(1e-3) and warm["optimizer_from_parent"]
+    assert fresh["loss_curve"][0]["lr"] == pytest.approx(lr_at(0, s_fresh, 3)), "fresh: warmup again"
+    assert lr_at(0, s_fresh, 3) < 1e-3
+    with pytest.raises(ValueError, match="resume_optimizer needs init_from"):
+        RunSpec(name="x", train_iters=3, resume_optimizer=True, **common)
+    with pytest.raises(FileNotFoundError, match="no optimizer state"):
+        pretrain(s_warm, packed, tmp_path / "wx", tmp_path / "x", vocab_size=97, seq_length=32,
+                 init_optimizer=tmp_path / "missing.pt")

@@ -40,9 +40,10 @@ TRACKER = "latest_checkpointed_iteration.txt"
 PEAK_TFLOPS_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
 
 
-def lr_at(step: int, spec: RunSpec, iters: int) -> float:
+def lr_at(step: int, spec: RunSpec, iters: int, warm: bool = False) -> float:
+    """`warm`: the optimizer continues a parent's state (resume_optimizer), so there is no new warmup."""
     o = spec.optim
-    if step < o.warmup_iters:
+    if step < o.warmup_iters and not warm:
         return o.lr * (step + 1) / o.warmup_iters
     frac = min(1.0, (step - o.warmup_iters) / max(1, iters - o.warmup_iters))
     if o.decay_style == "constant":
@@ -142,7 +143,7 @@ def rollback(state: dict, step: int, found: list, roll, restore: Callable[[int],
 
 def pretrain(spec: RunSpec, packed_dir: Path, work_dir: Path, out_dir: Path, *, vocab_size: int,
              seq_length: int, init_weights: Optional[Path] = None, lineage: Optional[dict] = None,
-             train_iters: Optional[int] = None, bf16: bool = False,
+             train_iters: Optional[int] = None, bf16: bool = False, init_optimizer: Optional[Path] = None,
              progress: Optional[Callable[[dict], None]] = None) -> dict:
     import torch
     from safetensors.torch import save_file
@@ -183,6 +184,13 @@ def pretrain(spec: RunSpec, packed_dir: Path, work_dir: Path, out_dir: Path, *, 
     else:
         if init_weights is not None:
             load_weights(model, Path(init_weights))
+        if init_optimizer is not None:
+            if not Path(init_optimizer).exists():
+                raise FileNotFoundError(
+                    f"run {spec.name}: resume_optimizer is set but the parent checkpoint has no optimizer state "
+                    f"({init_optimizer}); rebuild the parent with this version of kura (checkpoints now keep it) "
+                    f"or drop resume_optimizer from the spec")
+            opt.load_state_dict(torch.load(init_optimizer, weights_only=False)["optimizer"])
         if roll:  # something to roll back to before the first save
             save_checkpoint(work_dir, 0, model, opt, state)
     fpt = flops_per_token(spec, vocab_size, seq_length)
@@ -194,7 +202,7 @@ def pretrain(spec: RunSpec, packed_dir: Path, work_dir: Path, out_dir: Path, *, 
     step = start
     while step < iters:
         t0 = time.perf_counter()
-        lr = lr_at(step, spec, iters)
+        lr = lr_at(step, spec, iters, warm=init_optimizer is not None)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -234,6 +242,8 @@ def pretrain(spec: RunSpec, packed_dir: Path, work_dir: Path, out_dir: Path, *, 
     seconds = seconds_before + time.perf_counter() - t_run
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(model_state(model), str(out_dir / "model.safetensors"))
+    # the final optimizer state, for a child run with resume_optimizer (Megatron checkpoints keep it too)
+    torch.save({"optimizer": opt.state_dict(), "iterations": iters}, out_dir / "optimizer.pt")
     name = device_name()
     n_gpus = 1 if device.type == "cuda" else 0
     tps = state["tokens"] / max(seconds, 1e-9)
@@ -245,7 +255,7 @@ def pretrain(spec: RunSpec, packed_dir: Path, work_dir: Path, out_dir: Path, *, 
              "mfu": round(tps * fpt / (peak * 1e12), 4) if peak and n_gpus else None,
              "flops_per_token": fpt, "first_loss": state["curve"][0]["loss"],
              "final_loss": state["curve"][-1]["loss"], "loss_curve": state["curve"],
-             "rollbacks": state["rollbacks"]}
+             "rollbacks": state["rollbacks"], "optimizer_from_parent": init_optimizer is not None}
     (out_dir / "config.json").write_text(json.dumps(
         {"format": "megatron-core-gpt", "spec": spec.model_dump(), "vocab_size": vocab_size,
          "seq_length": seq_length, "iterations": iters, "precision": "bf16" if bf16 else "fp32"}, indent=1))

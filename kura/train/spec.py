@@ -136,6 +136,10 @@ class RunSpec(_Strict):
     log_interval: int = Field(5, ge=1, description="Record loss and LR every N steps.")
     seed: int = Field(1234, description="Initialization and data-order seed.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Cluster shape.")
+    resume_optimizer: bool = Field(False, description="Continue the parent run's optimizer (AdamW moments and step "
+                                   "count) without a new warmup, as a restart between Tanuki-style runs does (with "
+                                   "this spec's own LR); default: a fresh optimizer and warmup from the parent's "
+                                   "weights.")
     rollback_on_spike: Optional[SpikeRollbackSpec] = Field(None, description="Roll back and skip batches on a "
                                                            "loss spike (local trainer); None: spikes are only "
                                                            "reported by the checkpoint's no_loss_spikes check.")
@@ -148,6 +152,9 @@ class RunSpec(_Strict):
             raise ValueError("upcycle needs model.num_experts")
         if self.upcycle and not self.init_from:
             raise ValueError("upcycle needs init_from (the dense run to upcycle)")
+        if self.resume_optimizer and (not self.init_from or self.upcycle):
+            raise ValueError("resume_optimizer needs init_from and no upcycle (the optimizer state belongs to the "
+                             "parent's parameters)")
         p = self.parallel
         world = self.resources.nodes * self.resources.gpus_per_node
         mp = p.tensor * p.pipeline * p.context
