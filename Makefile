@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 LOCK    := requirements/constraints-cpu.txt
 HOME_DIR ?= .kura
 
-.PHONY: venv sysdeps demo test test-faults test-fast ui arena bench clean
+.PHONY: venv sysdeps demo test lint test-faults test-fast ui arena bench clean
 
 # The lock file is one measured set of exact versions (torch CPU build, vLLM's CPU build, megatron-core, Dagster,
 # DVC, GX, ...). Installing it with --no-deps is deterministic and avoids the resolver (~3.5 min, ~5 GB).
@@ -26,8 +26,12 @@ sysdeps:
 demo: venv
 	$(BIN)/python -m pipelines.cli demo --home $(HOME_DIR) $(if $(CORPUS),--corpus $(CORPUS),)
 
-test: venv sysdeps
+# lint first (ruff.toml: pycodestyle + pyflakes over the product packages), then the suite
+test: venv sysdeps lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lint: venv
+	$(BIN)/ruff check kura resources assets pipelines
 
 # only the kill -9 scenario (tests/test_faults.py, also part of `make test`; ~9 min on 2 cores)
 test-faults: venv sysdeps

@@ -138,7 +138,8 @@ def _tmpl(templates: dict, name: str) -> tuple[str, str, str]:
 
 def build_eval_tasks(spec: RunSpec, templates: dict) -> dg.AssetsDefinition:
     @kura_asset(key=dg.AssetKey(["eval_tasks", spec.name]), group_name="evaluation", automation_condition=EAGER,
-              ins={"model": dg.AssetIn(key=hf_key(spec.name))}, description=f"Exact-match tasks for {spec.name}: score and format compliance")
+              ins={"model": dg.AssetIn(key=hf_key(spec.name))},
+              description=f"Exact-match tasks for {spec.name}: score and format compliance")
     def eval_tasks(context: dg.AssetExecutionContext, config: TasksConfig, storage: StorageResource,
                    candidates: GeneratorResource, model: dict) -> dg.Output:
         st = storage.get()
@@ -326,7 +327,8 @@ def build_arena(specs: list[RunSpec], templates: dict) -> dg.AssetsDefinition:
             with open(stage / "votes.jsonl", "w", encoding="utf-8") as f:
                 for v in allv:
                     f.write(json.dumps(v, ensure_ascii=False) + "\n")
-            res.update(judge_votes=len(votes), human_votes=len(human), judge_model=judge.model_label(inputs["judge_model"]["version"]),
+            res.update(judge_votes=len(votes), human_votes=len(human),
+                       judge_model=judge.model_label(inputs["judge_model"]["version"]),
                        judge_prompt_version=judge_mod.JUDGE_PROMPT_VERSION,
                        asked=sum(t <= len(q.turns) for q in questions for t in config.turns)
                        * len(runs) * (len(runs) - 1),

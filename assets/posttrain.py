@@ -215,8 +215,8 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
     eins.update({f"contamination_{b}": dg.AssetIn(key=dg.AssetKey(["contamination", b])) for b in bases})
 
     @kura_asset(name="trial_eval", group_name="post_training", partitions_def=parts, automation_condition=EAGER,
-              ins=eins, description="Every trial's tasks (score, format compliance), held-out perplexity, judge grades and "
-                          "contamination (its base's, plus its own fine-tuning data)")
+              ins=eins, description="Every trial's tasks (score, format compliance), held-out perplexity, judge "
+                                    "grades and contamination (its base's, plus its own fine-tuning data)")
     def trial_eval(context: dg.AssetExecutionContext, config: TrialEvalConfig, storage: StorageResource,
                    candidates: GeneratorResource, judge: GeneratorResource, **inputs) -> dg.Output:
         st = storage.get()
@@ -291,7 +291,8 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
 
         def build(stage: Path) -> dict:
             write_json(stage / "trial_leaderboard.json", rows)
-            return {"rows": rows, "rank_by": config.rank_by, "correlations": correlation_mod.correlations(rows, metrics)}
+            return {"rows": rows, "rank_by": config.rank_by,
+                    "correlations": correlation_mod.correlations(rows, metrics)}
 
         m, reused = run_versioned(context, st, config=config, upstream={"evals": evals, "adapters": adapters},
                                   build=build)

@@ -52,7 +52,8 @@ def quality_examples(context: dg.AssetExecutionContext, config: QualityExamplesC
 
     def build(stage):
         if config.positives_path and config.negatives_path:
-            rows = [{"text": t, "label": 1, "origin": config.positives_path} for t in _jsonl_texts(config.positives_path)]
+            rows = [{"text": t, "label": 1, "origin": config.positives_path}
+                    for t in _jsonl_texts(config.positives_path)]
             rows += [{"text": t, "label": 0, "origin": config.negatives_path}
                      for t in _jsonl_texts(config.negatives_path)]
         else:

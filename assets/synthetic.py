@@ -126,7 +126,8 @@ def request_log_path(st, partition: str, teacher_version: str) -> Path:
 
 
 @kura_asset(group_name="synthetic", partitions_def=synthetic_partitions,
-          automation_condition=REGENERATE_FOR_NEW_TEACHER, check_specs=[dg.AssetCheckSpec("reject_rate_within_limit", asset="synthetic", blocking=True,
+          automation_condition=REGENERATE_FOR_NEW_TEACHER,
+          check_specs=[dg.AssetCheckSpec("reject_rate_within_limit", asset="synthetic", blocking=True,
                                          description="Rejected prompts (parse, validation and output checks) / all "
                                                      "prompts <= checks.max_reject_rate. Blocks downstream.")])
 def synthetic(context: dg.AssetExecutionContext, config: SyntheticConfig, deduplicated: dict, teacher_model: dict,

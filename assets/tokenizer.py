@@ -32,7 +32,8 @@ def synthetic_rows(storage, synthetic: dict) -> list[dict]:
     return rows
 
 
-@kura_asset(group_name="model_data", ins={"synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())}, automation_condition=EAGER)
+@kura_asset(group_name="model_data", ins={"synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+            automation_condition=EAGER)
 def tokenizer(context: dg.AssetExecutionContext, config: TokenizerAssetConfig, deduplicated: dict, synthetic: dict,
               storage: StorageResource) -> dg.Output:
     st = storage.get()

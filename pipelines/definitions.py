@@ -155,8 +155,6 @@ def corpus_files_sensor(context: dg.SensorEvaluationContext, corpus: CorpusResou
     ingested files of unknown fingerprint are checked against their recorded one per tick."""
     import json
 
-    from kura.io import stable_hash
-
     state = _sensor_state(context.cursor)
     seen: dict[str, str] = state["seen"]
     fps = corpus.fingerprints()

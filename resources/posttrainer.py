@@ -52,7 +52,8 @@ class PostTrainerResource(dg.ConfigurableResource):
                                manifest=manifest, progress=progress, work_dir=work_dir,
                                checkpoint_seconds=self.checkpoint_seconds)
             if stats.get("resumed_from") is not None:
-                context.log.info(f"trial {context.partition_key}: resumed at step {stats['resumed_from']} of {stats['steps']}")
+                context.log.info(f"trial {context.partition_key}: resumed at step {stats['resumed_from']} of "
+                                 f"{stats['steps']}")
             return stats
         if self.backend != "kubernetes":
             raise ValueError(f"unknown post-trainer backend {self.backend!r} (local | kubernetes)")

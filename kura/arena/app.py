@@ -48,7 +48,8 @@ class _Refused(Exception):
 
 def create_app(store: VoteStore, contestants: list[Contestant], admin_token: str, prompts: Optional[list] = None,
                battles_per_minute: int = 6, max_prompt_chars: int = 4000, max_turns: int = 4,
-               max_body_bytes: int = 16384, session_seconds: float = 12 * 3600, seed: Optional[int] = None) -> Starlette:
+               max_body_bytes: int = 16384, session_seconds: float = 12 * 3600,
+               seed: Optional[int] = None) -> Starlette:
     """`prompts`: [{"prompt", "category"}] raters may draw from. `seed` fixes the pairing (tests)."""
     if len(contestants) < 2:
         raise ValueError("the arena needs at least two contestants")

@@ -77,7 +77,8 @@ class VoteStore:
     def __init__(self, url: str):
         self.url = url
         u = sa.engine.make_url(url)
-        if u.drivername == "postgresql":  # SQLAlchemy 2.1 defaults to psycopg 3; the lock has psycopg2 (dagster-postgres)
+        # SQLAlchemy 2.1 defaults to psycopg 3; the lock has psycopg2 (dagster-postgres)
+        if u.drivername == "postgresql":
             u = u.set(drivername="postgresql+psycopg2")
         self.engine = sa.create_engine(u, pool_pre_ping=True)
         META.create_all(self.engine)

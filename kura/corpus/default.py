@@ -53,7 +53,8 @@ EN_TEMPLATES = [
     "Many people are curious about {topic}, but its {noun} is not widely known.",
 ]
 AD_LINES = ["送料無料！今すぐクリック", "【公式】最安値に挑戦中", "カートに入れる", "ポイント10倍キャンペーン実施中",
-            "Click here to subscribe!", "Buy now - free shipping on all orders", "今すぐ購入 >>", "Cookie settings | Privacy policy"]
+            "Click here to subscribe!", "Buy now - free shipping on all orders", "今すぐ購入 >>",
+            "Cookie settings | Privacy policy"]
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,11 @@ resiliparse (lexbor) extracts a normal page in about a millisecond, but some con
 (measured here: 200,000 nested `<div>`s, or one tag with 300,000 attributes, ran past 60 s each), and its C code
 holds the GIL, so a thread cannot time it out. Pages are therefore extracted in a helper process, started on the
 first page a process reads (by fork: ~10 ms in a step process with torch loaded, nothing to re-import) and
-reused for every later page and file of that process (`shared`), so a folder of small pages pays the fork once. When a page takes longer
-than `timeout_s`, the helper is killed and the page comes back as `extract_timeout`; when the helper runs out of
-its memory allowance (`max_memory_mb` above what it started with) the page is `extract_memory`; a crash of the
-extractor itself is `extract_crashed`. The next page starts a fresh helper; the file goes on.
+reused for every later page and file of that process (`shared`), so a folder of small pages pays the fork once.
+When a page takes longer than `timeout_s`, the helper is killed and the page comes back as `extract_timeout`;
+when the helper runs out of its memory allowance (`max_memory_mb` above what it started with) the page is
+`extract_memory`; a crash of the extractor itself is `extract_crashed`. The next page starts a fresh helper; the
+file goes on.
 """
 from __future__ import annotations
 

@@ -74,8 +74,8 @@ def _conv(who: str, multi: bool) -> str:
 def _refs(multi: bool) -> str:
     if not multi:
         return "[参考解答の始め]\n{ref_answer_1}\n[参考解答の終わり]\n"
-    return ("[参考解答の始め]\n### ユーザー:\n{question_1}\n### 参考解答:\n{ref_answer_1}\n### ユーザー:\n{question_2}\n"
-            "### 参考解答:\n{ref_answer_2}\n[参考解答の終わり]\n")
+    return ("[参考解答の始め]\n### ユーザー:\n{question_1}\n### 参考解答:\n{ref_answer_1}\n"
+            "### ユーザー:\n{question_2}\n### 参考解答:\n{ref_answer_2}\n[参考解答の終わり]\n")
 
 
 def _prompts() -> dict[str, JudgePrompt]:
@@ -170,7 +170,9 @@ def answer_questions(questions: list[Question], generate: Callable[[list[str], f
     """The candidate's answers, turn by turn (turn t's prompt holds the candidate's own earlier answers); with
     `temperatures` (category → temperature, e.g. FASTCHAT_TEMPERATURES) each category samples at its own."""
     answers: dict[str, list[str]] = {q.qid: [] for q in questions}
-    temp = (lambda q: (temperatures or {}).get(q.category, 0.0))
+    def temp(q) -> float:
+        return (temperatures or {}).get(q.category, 0.0)
+
     for t in range(max(len(q.turns) for q in questions)):
         qs = [q for q in questions if t < len(q.turns)]
         for tau in sorted({temp(q) for q in qs}):

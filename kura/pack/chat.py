@@ -25,7 +25,8 @@ def render_conversation(turns: list[dict] | str, t: ChatTemplate, encode, assist
     mask: list[int] = []
     for x in turns:
         train = (not assistant_only) or x["role"] == "assistant"
-        for text, m in ((_prefix(x["role"], t), 0 if assistant_only else 1), (x["content"] + t.turn_separator, int(train))):
+        for text, m in ((_prefix(x["role"], t), 0 if assistant_only else 1),
+                        (x["content"] + t.turn_separator, int(train))):
             seg = encode(text)
             ids += seg
             mask += [m] * len(seg)

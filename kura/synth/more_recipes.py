@@ -6,8 +6,9 @@ result.
 Every recipe has the same four pure parts as `QADialogueRecipe`: `sources` (what one partition draws: documents,
 seed topics, questions or generated problems), `render` (source → prompt), `parse` (completion → chat turns, or
 ValueError) and `validate` (turns, source → keep/drop + reason; for recipes whose prompt is the source itself —
-a question, a problem — it also fills the user turn from the source, which the completion does not repeat). `reference_completion` writes the output a
-competent teacher would give; it teaches the tiny test teacher the format (real teachers need no such help).
+a question, a problem — it also fills the user turn from the source, which the completion does not repeat).
+`reference_completion` writes the output a competent teacher would give; it teaches the tiny test teacher the
+format (real teachers need no such help).
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ class RewriteRecipe(RecipeBase):
     name: str = Field("rewrite", description="Recipe name, recorded in every record.")
     style: Literal["textbook", "dialogue"] = Field("textbook", description="Target form of the rewrite.")
     translate_en: bool = Field(False, description="Also ask for an English translation (paired in the record).")
-    template_textbook: str = Field("文章:\n{document}\n広告や不要な部分を除き、教科書の一節として書き直してください。\n",
+    template_textbook: str = Field("文章:\n{document}\n"
+                                   "広告や不要な部分を除き、教科書の一節として書き直してください。\n",
                                    description="Prompt for style=textbook.")
     template_dialogue: str = Field("文章:\n{document}\n内容を保ったまま、AとBの対話に書き直してください。\n",
                                    description="Prompt for style=dialogue.")
@@ -105,7 +107,8 @@ class InstructFromSeedsRecipe(RecipeBase):
                                                       "読書の習慣", "宇宙の観測", "健康な生活", "経済の基礎"],
                              description="Seed topics (genres, curriculum units, keywords).")
     json_answers: bool = Field(False, description="Require each answer to be a JSON object {\"answer\": …}.")
-    template: str = Field("話題: {topic}\nこの話題について、質問1と回答1、続けて関連する質問2と回答2を書いてください。\n",
+    template: str = Field("話題: {topic}\n"
+                          "この話題について、質問1と回答1、続けて関連する質問2と回答2を書いてください。\n",
                           description="Prompt; {topic} is replaced.")
     template_json: str = Field("回答は必ず {{\"answer\": \"...\"}} の形のJSONで書いてください。\n",
                                description="Appended when json_answers is set.")
