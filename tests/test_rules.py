@@ -113,3 +113,11 @@ def test_drop_review_counts_every_reason_and_samples_reproducibly():
     assert {s.partition for s in r.samples["ja_no_sentences"]} != {"shard-0"}, "samples come from every shard"
     assert "== ja_no_sentences: 300 dropped, 5 shown" in format_review(r)
     assert dict(review_drops(iter(shards), "doc_empty").counts) == {"doc_empty": 300}
+
+
+def test_an_untranslated_page_of_a_japanese_manual_is_judged_by_its_english():
+    headings = ["8.52. 色立体分析...", "8.52.1. 概観", "「色立体分析」フィルターの使用例", "色立体分析フィルター適用後"]
+    english = ["This command displays info about your image. It counts the number of unique colors in your image.",
+               "Besides that it shows what the predominant color usage is from the lighter to the darker areas."]
+    assert _reason("\n".join(headings + english), CleanConfig()) is None
+    assert _reason("\n".join(headings + english[:1]), CleanConfig()) == "ja_no_sentences", "a stub of two sentences"

@@ -66,6 +66,9 @@ class CleanConfig(BaseModel):
     min_ja_sentences: int = Field(1, ge=0, description="ja_no_sentences: Japanese documents with fewer sentences "
                                                        "(。！？ on prose lines) than this: menus, link lists, tables "
                                                        "of contents.")
+    min_mixed_en_sentences: int = Field(3, ge=1, description="ja_no_sentences keeps a page with Japanese "
+                                                             "headings and at least this many English sentences "
+                                                             "(an untranslated page of a Japanese manual).")
     min_sentence_end_fraction: float = Field(
         0.3, description="ja_few_sentence_ends: minimum share of Japanese prose lines (with hiragana) ending like a "
                          "sentence (。！？」』)…:); headings, lists, code and table rows are not counted.")

@@ -52,6 +52,7 @@ def unknown_rules(names: list[str]) -> list[str]:
 
 
 _SENTENCE_END = ("。", "！", "？", "!", "?", "」", "』", "）", ")", "…", ".", ":", "：")
+_EN_SENTENCE = re.compile(r"[a-z]{2,}[.!?](?:\s|$)")
 _JA_STOP = re.compile(r"[。！？!?]|[:：]$")  # NFKC has folded ！？ to !?; a line ending in : introduces an example
 _BULLETS = ("・", "•", "●", "■", "◆", "-", "*", "※", "→", "▶", "►", "○", "◇", "□")
 # list item, numbered heading (1. / 2.3.4 / 第16章 / 図16.213 / (3)) at the start of a line
@@ -103,6 +104,18 @@ class TextView:
         repetition rules judge: a code sample legitimately repeats `\\relative {`)."""
         lines = [ln for ln in self.lines if not is_code_like(ln)]
         return lines[1:] if len(lines) > 1 and lines[0] in lines[1:] else lines
+
+    def ja_sentences(self, min_chars: int) -> int:
+        return sum(len(_JA_STOP.findall(ln)) for ln in self.prose_lines(min_chars) if _has_hiragana(ln))
+
+    def english_under_japanese_headings(self, cfg: "CleanConfig") -> bool:
+        """An untranslated page of a Japanese manual: Japanese headings, no Japanese sentence, English prose. Its
+        content is the English; the Japanese prose rules do not judge it."""
+        if self.ja_sentences(cfg.min_prose_line_chars) >= cfg.min_ja_sentences:
+            return False
+        en = sum(len(_EN_SENTENCE.findall(ln)) for ln in self.prose_lines(cfg.min_prose_line_chars)
+                 if not _has_hiragana(ln, 1))
+        return en >= cfg.min_mixed_en_sentences
 
     def prose_lines(self, min_chars: int) -> list[str]:
         return [ln for ln in self.lines if len(ln) >= min_chars and not is_code_like(ln)
@@ -208,7 +221,7 @@ def ja_low_hiragana(v: TextView, cfg: "CleanConfig") -> str | None:
     """Swallow v1: hiragana among the Japanese letters (kana + kanji; Latin letters of code or English do not count)
     of the prose lines (the whole text when there are none).
     Running Japanese prose is 30–50% hiragana; keyword spam and kanji/katakana lists have almost none."""
-    if v.language[0] != "ja":
+    if v.language[0] != "ja" or v.english_under_japanese_headings(cfg):
         return None
     prose = v.prose_lines(cfg.min_prose_line_chars)  # headings (設定ファイルの書式) are kanji/katakana-heavy
     c = script_counts("\n".join(prose)) if prose else v.scripts
@@ -222,7 +235,9 @@ def ja_no_sentences(v: TextView, cfg: "CleanConfig") -> str | None:
     hiragana): menus, tag clouds, tables of contents, link lists, empty section pages, untranslated pages."""
     if v.language[0] != "ja":
         return None
-    n = sum(len(_JA_STOP.findall(ln)) for ln in v.prose_lines(cfg.min_prose_line_chars) if _has_hiragana(ln))
+    if v.english_under_japanese_headings(cfg):
+        return None
+    n = v.ja_sentences(cfg.min_prose_line_chars)
     return "ja_no_sentences" if n < cfg.min_ja_sentences else None
 
 
@@ -231,7 +246,7 @@ def ja_few_sentence_ends(v: TextView, cfg: "CleanConfig") -> str | None:
     """Among Japanese prose lines (with hiragana), the share that ends like a sentence or holds a 。 (layout wraps
     lines after a sentence); headings, list items, code and table rows are not prose lines and are not counted.
     Titles of linked articles and keyword lines fail it."""
-    if v.language[0] != "ja":
+    if v.language[0] != "ja" or v.english_under_japanese_headings(cfg):
         return None
     prose = [ln for ln in v.prose_lines(cfg.min_prose_line_chars) if _has_hiragana(ln)]
     if len(prose) < cfg.min_sentence_rule_lines:
