@@ -14,6 +14,7 @@ from kura.io import Storage, materialize_versioned, stable_hash
 from kura.io.codeversion import CodeVersion, code_version
 from kura.io.hashing import content_only
 from kura.io.inputs import describe_change, provenance, versioned_fields
+from kura.io.layout import LAYOUT
 
 
 # asset key → what its derived code version covers (read by `python -m pipelines.cli versions`)
@@ -102,7 +103,7 @@ def previous_components(context: dg.AssetExecutionContext) -> dict | None:
 def work_dir(st: Storage, *parts: str) -> Path:
     """Where a long step keeps its resume points (training checkpoints) between attempts, keyed by the caller with
     its input version: beside the outputs on a local root, in the local cache when the root is remote."""
-    return (Path(st.path("")) if st.is_local else st.cache_dir / "work") / "_work" / Path(*parts)
+    return (Path(st.path("")) if st.is_local else st.cache_dir / "work") / LAYOUT.work(*parts)
 
 
 def run_versioned(context: dg.AssetExecutionContext, storage: Storage, *, config: Any, upstream: dict[str, Any],

@@ -29,6 +29,7 @@ from assets.automation import EAGER, ON_EDIT_OR_EAGER
 from assets.mix import packed_key
 from kura.io.inputs import result_neutral
 from kura.train.spec import RunSpec
+from kura.io.layout import LAYOUT
 from resources import StorageResource
 from resources.trainer import TrainerResource
 
@@ -108,7 +109,7 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
         packed, tok, parent = inputs["packed"], inputs["tokenizer"], inputs.get("parent")
         iv = input_version_of(context, config, inputs)
         work = work_dir(st, "checkpoint", spec.name, iv)
-        weights_rel = f"_cluster_weights/{spec.name}/{iv}"  # where a cluster run's pod 0 uploads the final weights
+        weights_rel = LAYOUT.cluster_weights(spec.name, iv)  # where a cluster run's pod 0 uploads the final weights
 
         def build(stage: Path) -> dict:
             lineage = {"run": spec.name, "phase": spec.phase, "packed_dataset": packed["version"],
@@ -122,7 +123,7 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
                                   out_dir=stage, vocab_size=packed["vocab_size"], seq_length=packed["sequence_length"],
                                   init_weights=init, lineage=lineage, train_iters=config.train_iters,
                                   blend=packed.get("blend", {}).get("train"), parent=spec.init_from,
-                                  dataset_dvc_path=f"data/frozen/packed_dataset_{spec.phase}",
+                                  dataset_dvc_path=LAYOUT.frozen(f"packed_dataset/{spec.phase}"),
                                   export_uri=None if trainer.backend == "local" else st.uri(weights_rel),
                                   init_optimizer=init_opt)
             _copy_tokenizer(st.local_dir(tok["dir"]), stage)

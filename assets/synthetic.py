@@ -16,6 +16,7 @@ from assets.automation import REGENERATE_FOR_NEW_TEACHER
 from kura.io.inputs import result_neutral
 from kura.synth.generators import SamplingConfig
 from kura.synth.requestlog import RequestLog
+from kura.io.layout import LAYOUT
 from resources import GeneratorResource, StorageResource
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date="2026-11-01", end_offset=0)
@@ -122,7 +123,7 @@ def request_log_path(st, partition: str, teacher_version: str) -> Path:
     """The durable log of finished requests of one shard. Local root: beside the outputs (survives the run);
     object store: the local cache (append needs a file system)."""
     base = Path(st.path("")) if st.is_local else st.cache_dir
-    return base / "_requests" / "synthetic" / f"{partition}-{teacher_version}.jsonl"
+    return base / LAYOUT.request_log(partition, teacher_version)
 
 
 @kura_asset(group_name="synthetic", partitions_def=synthetic_partitions,

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from kura.io.layout import LAYOUT
 
 DAGSTER_YAML = """\
 # written by kura: keep everything local, send nothing anywhere
@@ -257,7 +258,7 @@ def freeze_cmd(args) -> int:
     from pipelines.settings import Settings
 
     storage = build_resources(Settings.from_env())["storage"].get()
-    rel = f"_manifests/{args.asset}/__all__.json"
+    rel = LAYOUT.manifest(args.asset.split("/"))
     if not storage.exists(rel):
         print(f"kura freeze: {args.asset!r} has no materialization in {os.environ['KURA_HOME']}: run `make demo` "
               f"first (or materialize {args.asset} in `make ui`), then freeze it.", file=sys.stderr)
@@ -291,8 +292,8 @@ def k8s_cmd(args) -> int:
                                                              f"{PREVIEW_STORAGE_ROOT}/requests/example.json",
                                                              f"{PREVIEW_STORAGE_ROOT}/results/example.json")],
             "posttrain-trial-job.yaml": [PostTrainerResource(backend="kubernetes").job_object(
-                "kura-trial-example", f"{PREVIEW_STORAGE_ROOT}/_posttrain/example/job.json",
-                f"{PREVIEW_STORAGE_ROOT}/_posttrain/example/result.json")],
+                "kura-trial-example", f"{PREVIEW_STORAGE_ROOT}/{LAYOUT.posttrain('example')}/job.json",
+                f"{PREVIEW_STORAGE_ROOT}/{LAYOUT.posttrain('example')}/result.json")],
             **pretraining_jobs()}
     for name, objs in docs.items():
         for o in objs:
@@ -330,8 +331,8 @@ def pretraining_jobs() -> dict[str, list[dict]]:
         # the export URI's last part is the checkpoint asset's input version at run time
         out[f"pretrain-{spec.name}.yaml"] = trainer.job_objects(
             spec, seq_length=ph.sequence_length, blend=blend, parent=spec.init_from,
-            dataset_dvc_path=f"data/frozen/packed_dataset_{spec.phase}",
-            export_uri=f"{root}/_cluster_weights/{spec.name}/INPUT_VERSION",
+            dataset_dvc_path=LAYOUT.frozen(f"packed_dataset/{spec.phase}"),
+            export_uri=f"{root}/{LAYOUT.cluster_weights(spec.name, 'INPUT_VERSION')}",
             vocab_size=TokenizerConfig().vocab_size)
     return out
 
@@ -405,8 +406,8 @@ def drops_cmd(args) -> int:
         return 2
     prepare_env(Path(args.home))
     storage = build_resources(Settings.from_env())["storage"].get()
-    manifests = [f for f in storage.list_files("_manifests/cleaned") if f.endswith(".json")] \
-        if storage.exists("_manifests/cleaned") else []
+    folder = LAYOUT.manifests("cleaned")
+    manifests = [f for f in storage.list_files(folder) if f.endswith(".json")] if storage.exists(folder) else []
     if not manifests:
         print(f"kura drops: no cleaned partition in {os.environ['KURA_HOME']}: run `make demo` (or ingest a corpus "
               f"in `make ui`) first.", file=sys.stderr)

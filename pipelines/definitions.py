@@ -31,6 +31,7 @@ from assets.pretrain import build_pretraining_assets
 from pipelines.settings import Settings
 from kura.train.spec import load_run_specs
 from kura.train.trials import load_post_training
+from kura.io.layout import LAYOUT
 from resources import ArenaStoreResource, CorpusResource, GeneratorResource, ManifestIOManager, StorageResource
 from resources.posttrainer import PostTrainerResource
 from resources.trainer import TrainerResource
@@ -215,7 +216,7 @@ def frozen_sources(repo: Path = REPO_ROOT) -> list[dg.AssetsDefinition]:
     """One observable source per folder that dvc.yaml freezes under data/frozen/ (data version = DVC md5)."""
     spec = yaml.safe_load((repo / "dvc.yaml").read_text()) if (repo / "dvc.yaml").exists() else {}
     outs = [o for st in (spec.get("stages") or {}).values() for o in st.get("outs", [])
-            if isinstance(o, str) and o.startswith("data/frozen/")]
+            if isinstance(o, str) and o.startswith(LAYOUT.FROZEN + "/")]
     return [frozen_dataset(o.rsplit("/", 1)[-1], o, str(repo)) for o in outs]
 
 

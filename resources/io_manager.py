@@ -7,14 +7,11 @@ exist (a mix over "all synthetic days so far" must not fail because tomorrow is 
 
 import dagster as dg
 
+from kura.io.layout import LAYOUT
 from resources.storage import StorageResource
 
-_UNPARTITIONED = "__all__"
-
-
 def manifest_path(key: dg.AssetKey, partition: str | None = None) -> str:
-    part = (partition or _UNPARTITIONED).replace("/", "__")
-    return f"_manifests/{'/'.join(key.path)}/{part}.json"
+    return LAYOUT.manifest(key.path, partition)
 
 
 def latest_manifest(storage, key: dg.AssetKey, partition: str | None = None) -> dict | None:

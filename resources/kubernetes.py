@@ -12,6 +12,7 @@ import json
 from kura.io import Storage, stable_hash
 from kura.k8s.manifests import VllmJobConfig, vllm_generation_job
 from kura.synth.generators import GenerationResult, Generator, SamplingConfig, VllmGenerator
+from kura.io.layout import LAYOUT
 
 
 def k8s_client():
@@ -49,7 +50,7 @@ class KubernetesVllmGenerator(Generator):
     def paths(self, request: dict) -> tuple[str, str, str]:
         """(job name, request path, result path) for a request; relative to the storage root."""
         h = stable_hash(request)
-        return f"kura-gen-{h[:12]}", f"_generation/{h}/request.json", f"_generation/{h}/result.json"
+        return (f"kura-gen-{h[:12]}", *LAYOUT.generation(h))
 
     def job_object(self, request: dict) -> dict:
         name, req_rel, out_rel = self.paths(request)

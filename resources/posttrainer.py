@@ -14,6 +14,7 @@ from kura.io import stable_hash
 from kura.k8s.manifests import GpuPool, PostTrainJobConfig, posttrain_job
 from kura.train import lora
 from kura.train.trials import TrialSpec
+from kura.io.layout import LAYOUT
 
 
 class PostTrainerResource(dg.ConfigurableResource):
@@ -62,7 +63,7 @@ class PostTrainerResource(dg.ConfigurableResource):
         job = {"spec": spec.model_dump(), "base_dir": storage.uri(base_rel), "examples": examples,
                "pad_id": pad_id, "manifest": manifest}
         h = stable_hash(job)
-        rel = f"_posttrain/{h}"
+        rel = LAYOUT.posttrain(h)
         job["out_uri"] = storage.uri(f"{rel}/adapter")
         if not storage.exists(f"{rel}/result.json"):
             storage.write_json(f"{rel}/job.json", job)

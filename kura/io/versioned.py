@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from kura.io.hashing import hash_dir
+from kura.io.layout import LAYOUT
 from kura.io.storage import Storage, StorageError
 
 MANIFEST_NAME = "_MANIFEST.json"
@@ -27,7 +28,7 @@ def materialize_versioned(storage: Storage, key: str, input_version: str,
                           build: Callable[[Path], dict]) -> tuple[dict, bool]:
     """Return (manifest, reused). `build(stage_dir)` writes files into `stage_dir` and returns extra manifest
     fields (counts, lineage, ...); they must be JSON-serialisable."""
-    pointer = f"{key}/_inputs/{input_version}.json"
+    pointer = LAYOUT.input_pointer(key, input_version)
     if storage.exists(pointer):
         rel = storage.read_json(pointer)["dir"]
         if storage.exists(f"{rel}/{MANIFEST_NAME}"):

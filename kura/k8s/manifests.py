@@ -13,6 +13,7 @@ from __future__ import annotations
 import shlex
 
 from pydantic import BaseModel, Field
+from kura.io.layout import LAYOUT
 
 
 class GpuPool(BaseModel):
@@ -109,7 +110,7 @@ class MegatronJobConfig(JobCommon):
     gpu: GpuPool = Field(default_factory=GpuPool)
     nodes: int = Field(2, ge=1, description="Pods (nodes); pod i gets JOB_COMPLETION_INDEX=i as its node rank.")
     rdzv_port: int = Field(29500, description="torchrun rendezvous port on pod 0.")
-    dataset_dvc_path: str = Field("data/frozen/packed_dataset_web", description="DVC-tracked folder pulled by "
+    dataset_dvc_path: str = Field(LAYOUT.frozen("packed_dataset/web"), description="DVC-tracked folder pulled by "
                                                                                  "the init container.")
     git_repo: str = Field("https://github.com/your-org/kura.git", description="Repository with the .dvc files.")
     git_rev: str = Field("main", description="Tag or commit of the frozen dataset.")
