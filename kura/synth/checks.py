@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from kura.dedup.minhash import LSHIndex, MinHashConfig, MinHasher
+from kura.registry import Registry
 from kura.text.filters import duplicate_ngram_char_fraction
 from kura.text.normalize import detect_language
 
@@ -48,7 +49,7 @@ class OutputChecks(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> "OutputChecks":
-        unknown = [c for c in self.checks if c not in CHECKS]
+        unknown = CHECKS.unknown(self.checks)
         if unknown:
             raise ValueError(f"unknown output check(s) {unknown}: known checks are {sorted(CHECKS)}")
         return self
@@ -80,17 +81,12 @@ class ShardState:
 
 
 CheckFn = Callable[[Candidate, ShardState, "OutputChecks"], "str | None"]
-CHECKS: dict[str, CheckFn] = {}
+CHECKS: Registry[CheckFn] = Registry("output check")
 
 
 def check(name: str) -> Callable[[CheckFn], CheckFn]:
     """Register an output check under `name` (also the reason it gives)."""
-    def register(fn: CheckFn) -> CheckFn:
-        if name in CHECKS and CHECKS[name] is not fn:
-            raise ValueError(f"output check {name!r} is registered twice")
-        CHECKS[name] = fn
-        return fn
-    return register
+    return CHECKS.register(name)
 
 
 @check("truncated")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from kura.registry import Registry
 from kura.text.normalize import detect_language, script_counts
 
 if TYPE_CHECKING:
@@ -30,25 +31,16 @@ if TYPE_CHECKING:
 
 FAMILIES = ("doc_", "boilerplate_", "gopher_", "lang_", "ja_")
 RuleFn = Callable[["TextView", "CleanConfig"], "str | None"]
-RULES: dict[str, RuleFn] = {}
+RULES: Registry[RuleFn] = Registry("rule", FAMILIES)
 
 
 def rule(name: str) -> Callable[[RuleFn], RuleFn]:
     """Register a rule under `name` (which starts with its family prefix); the name is also its default reason."""
-    if not name.startswith(FAMILIES):
-        raise ValueError(f"rule {name!r}: a rule name starts with its family, one of {FAMILIES}")
-
-    def register(fn: RuleFn) -> RuleFn:
-        if name in RULES and RULES[name] is not fn:
-            raise ValueError(f"rule {name!r} is registered twice ({RULES[name].__module__}, {fn.__module__})")
-        RULES[name] = fn
-        return fn
-
-    return register
+    return RULES.register(name)
 
 
 def unknown_rules(names: list[str]) -> list[str]:
-    return [n for n in names if n not in RULES]
+    return RULES.unknown(names)
 
 
 _SENTENCE_END = ("。", "！", "？", "!", "?", "」", "』", "）", ")", "…", ".", ":", "：")
