@@ -17,7 +17,7 @@ heading or code; the repetition rules skip code lines and the page title's repea
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Callable
 
@@ -50,13 +50,14 @@ _BULLETS = ("・", "•", "●", "■", "◆", "-", "*", "※", "→", "▶", "�
 # list item, numbered heading (1. / 2.3.4 / 第16章 / 図16.213 / (3)) at the start of a line
 _LIST_OR_HEADING = re.compile(r"^(?:[・•●■◆*※→▶►○◇□-]|\d+(?:\.\d+)*\.?(?:\s|$)|第[\d一二三四五六七八九十]+[章節部項]|"
                               r"[図表例]\s?\d|[(（\[]\s?\d+\s?[)）\]])")
-_CODE_CHARS = frozenset("{}[]();=<>\\/#$%&|_`^~@")
+_CODE_CHARS = re.compile(r"[{}\[\]();=<>\\/#$%&|_`^~@]")
+_HIRAGANA = re.compile("[\u3041-\u309f]")
 # x = …, \command, a final { } ;, a comment (%% …, ;; …) or an s-expression line ((finger-code …, #(define …)
 _CODE_SHAPE = re.compile(r"^[A-Za-z_][\w.:]*\s*[:+-]?=\s|\\[A-Za-z]{2,}|[{};]$|^(?:%|;|//|#?\()")
 
 
 def _has_hiragana(line: str, n: int = 2) -> bool:
-    return sum("\u3041" <= ch <= "\u309f" for ch in line) >= n
+    return len(_HIRAGANA.findall(line)) >= n if n > 1 else _HIRAGANA.search(line) is not None
 
 
 def is_code_like(line: str) -> bool:
@@ -67,7 +68,7 @@ def is_code_like(line: str) -> bool:
         return False
     if line.startswith(("$ ", "# ", "% ", ">>> ", "\\")) or _CODE_SHAPE.search(line):
         return True
-    return sum(c in _CODE_CHARS for c in line) >= 0.1 * len(line)
+    return len(_CODE_CHARS.findall(line)) >= 0.1 * len(line)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class TextView:
     text: str
     ad_lines_removed: int = 0
     nonblank_before: int = 0
+    _memo: dict = field(default_factory=dict, repr=False)
 
     @cached_property
     def lines(self) -> list[str]:
@@ -98,7 +100,11 @@ class TextView:
         return lines[1:] if len(lines) > 1 and lines[0] in lines[1:] else lines
 
     def ja_sentences(self, min_chars: int) -> int:
-        return sum(len(_JA_STOP.findall(ln)) for ln in self.prose_lines(min_chars) if _has_hiragana(ln))
+        key = ("ja_sentences", min_chars)
+        if key not in self._memo:
+            self._memo[key] = sum(len(_JA_STOP.findall(ln)) for ln in self.prose_lines(min_chars)
+                                  if _has_hiragana(ln))
+        return self._memo[key]
 
     def english_under_japanese_headings(self, cfg: "CleanConfig") -> bool:
         """An untranslated page of a Japanese manual: Japanese headings, no Japanese sentence, English prose. Its
@@ -110,8 +116,11 @@ class TextView:
         return en >= cfg.min_mixed_en_sentences
 
     def prose_lines(self, min_chars: int) -> list[str]:
-        return [ln for ln in self.lines if len(ln) >= min_chars and not is_code_like(ln)
-                and ("。" in ln or not _LIST_OR_HEADING.match(ln))]  # 第3章では…。 is a sentence, 3.1. 概要 not
+        key = ("prose", min_chars)
+        if key not in self._memo:  # 第3章では…。 is a sentence, 3.1. 概要 not
+            self._memo[key] = [ln for ln in self.lines if len(ln) >= min_chars and not is_code_like(ln)
+                               and ("。" in ln or not _LIST_OR_HEADING.match(ln))]
+        return self._memo[key]
 
 
 def duplicate_line_fractions(lines: list[str], min_chars: int = 1) -> tuple[float, float]:
