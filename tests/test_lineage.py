@@ -80,8 +80,8 @@ def test_edits_change_exactly_the_code_versions_that_reach_them(tmp_path):
     # 3. a function body inside an asset module, used by one asset only
     reach = _reaching(project, tmp_path, "assets.synthetic", "request_log_path")
     assert reach == {"synthetic"}
-    _edit(project / "assets" / "synthetic.py", 'return base / "_requests" / "synthetic"',
-          'return base / "_requests" / "synthetic_v2"')
+    _edit(project / "assets" / "synthetic.py", 'return base / LAYOUT.request_log(partition, teacher_version)',
+          'return base / "v2" / LAYOUT.request_log(partition, teacher_version)')
     again = _versions(project, tmp_path)
     assert {k for k in after if again[k] != after[k]} == {"synthetic"}
 
