@@ -30,6 +30,7 @@ from assets._common import kura_asset, output, png_md, run_versioned, write_json
 from assets.automation import EAGER
 from assets.mix import mix_key
 from assets.pretrain import ckpt_key, hf_key
+from assets.synthetic import teacher_key
 from kura.io import Storage, stable_hash
 from kura.train.spec import RunSpec
 from resources import ArenaStoreResource, GeneratorResource, StorageResource
@@ -186,9 +187,10 @@ def load_bench(storage: StorageResource, questions: str, references: Optional[st
     return qname, hashes, judge_mod.load_questions(qtext, questions, refs)
 
 
-def build_eval_judge(spec: RunSpec, templates: dict) -> dg.AssetsDefinition:
+def build_eval_judge(spec: RunSpec, templates: dict, judge_teacher: str) -> dg.AssetsDefinition:
     @kura_asset(key=dg.AssetKey(["eval_judge", spec.name]), group_name="evaluation", automation_condition=EAGER,
-              ins={"model": dg.AssetIn(key=hf_key(spec.name)), "judge_model": dg.AssetIn("teacher_model")},
+              ins={"model": dg.AssetIn(key=hf_key(spec.name)),
+                   "judge_model": dg.AssetIn(key=teacher_key(judge_teacher))},
               description=f"Japanese MT-Bench (FastChat's single-answer grading) of {spec.name}")
     def eval_judge(context: dg.AssetExecutionContext, config: JudgeConfig, storage: StorageResource,
                    candidates: GeneratorResource, judge: GeneratorResource, model: dict,
@@ -290,9 +292,9 @@ def build_contamination(spec: RunSpec, specs: dict[str, RunSpec], phases: list[s
     return contamination
 
 
-def build_arena(specs: list[RunSpec], templates: dict) -> dg.AssetsDefinition:
+def build_arena(specs: list[RunSpec], templates: dict, judge_teacher: str) -> dg.AssetsDefinition:
     ins = {f"judge_{s.name}": dg.AssetIn(key=dg.AssetKey(["eval_judge", s.name])) for s in specs}
-    ins["judge_model"] = dg.AssetIn("teacher_model")
+    ins["judge_model"] = dg.AssetIn(key=teacher_key(judge_teacher))
 
     @kura_asset(name="arena", group_name="evaluation", automation_condition=EAGER, ins=ins, deps=["arena_votes"],
               description="Blind pairwise comparisons (judge votes between all runs + human votes from the arena "
@@ -443,10 +445,12 @@ def _board_plot(rows: list[dict]) -> dg.MetadataValue:
     return png_md(fig, "leaderboard")
 
 
-def build_evaluation_assets(specs: list[RunSpec], phases: list[str], templates: dict) -> list[dg.AssetsDefinition]:
+def build_evaluation_assets(specs: list[RunSpec], phases: list[str], templates: dict,
+                            judge_teacher: str) -> list[dg.AssetsDefinition]:
+    """`judge_teacher`: the teacher asset whose model grades locally (an endpoint judge replaces it: KURA_JUDGE_URL)."""
     by_name = {s.name: s for s in specs}
     out: list[dg.AssetsDefinition] = []
     for s in specs:
-        out += [build_eval_tasks(s, templates), build_eval_judge(s, templates),
+        out += [build_eval_tasks(s, templates), build_eval_judge(s, templates, judge_teacher),
                 build_contamination(s, by_name, phases)]
-    return out + [build_arena(specs, templates), build_leaderboard(specs)]
+    return out + [build_arena(specs, templates, judge_teacher), build_leaderboard(specs)]

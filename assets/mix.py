@@ -17,14 +17,15 @@ import kura.mix.spec as spec_mod
 import kura.pack.megatron as packing
 from assets._common import kura_asset, output, read_parquet, run_versioned, write_json, write_parquet
 from assets.automation import EAGER, ON_EDIT_OR_EAGER
+from assets.synthetic import merge_synthetic, synthetic_ins
 from assets.tokenizer import corpus_rows, synthetic_rows
+from kura.synth.spec import DatasetSpec, select_datasets
 from kura.pack.phase import pack_phase
 from kura.text.ngram_lm import CharNgramLM
 from kura.text.quality_model import QualityClassifier
 from kura.tokenize.spm import SpmTokenizer
 from resources import StorageResource
 
-MIX_SOURCES = {"deduplicated", "synthetic"}
 
 SELECTION_SCHEMA = pa.schema([("source", pa.string()), ("doc_id", pa.string()), ("lang", pa.string()),
                               ("split", pa.string()), ("epoch", pa.int64()), ("n_tokens", pa.int64()),
@@ -42,18 +43,45 @@ def packed_key(phase: str) -> dg.AssetKey:
     return dg.AssetKey(["packed_dataset", phase])
 
 
-def load_mix_spec(spec_path: str | Path) -> spec_mod.MixSpec:
-    """Load and validate a mix YAML; a bad mix fails when the definitions load, with its file name."""
-    return spec_mod.load_mix(spec_path, known_sources=MIX_SOURCES)
-
-
-def build_mix_assets(spec_path: str | Path, mix: spec_mod.MixSpec | None = None) -> list[dg.AssetsDefinition]:
+def load_mix_spec(spec_path: str | Path, datasets: dict[str, DatasetSpec]) -> spec_mod.MixSpec:
+    """Load and validate a mix YAML against the synthetic dataset specs; a bad mix (an unknown source or dataset, a
+    selector that matches no dataset) fails when the definitions load, naming the file, phase and field."""
     spec_path = Path(spec_path)
-    mix = mix or load_mix_spec(spec_path)
+    known = {"deduplicated", "synthetic", *(f"synthetic/{d}" for d in datasets)}
+    mix = spec_mod.load_mix(spec_path, known_sources=known)
+    for p in mix.phases:
+        for i, s in enumerate(p.sources):
+            if s.source == "synthetic" and any(k != "days" for k in s.selector) and not source_datasets(s, datasets):
+                raise spec_mod.MixError(
+                    f"mix {spec_path.name}: phase {p.name!r}: sources.{i} ({s.label}): the selector matches no "
+                    f"synthetic dataset (datasets: " + ", ".join(
+                        f"{d.name} recipe={d.recipe} teacher={d.teacher} tags={d.tags}" for d in datasets.values())
+                    + ")")
+    return mix
+
+
+def source_datasets(s: spec_mod.MixSource, datasets: dict[str, DatasetSpec]) -> list[str]:
+    """The synthetic datasets a mix source reads (none for the corpus)."""
+    if s.source.startswith("synthetic/"):
+        return [s.source.split("/", 1)[1]]
+    if s.source == "synthetic":
+        return select_datasets(datasets, s.recipe, s.teacher, s.tags)
+    return []
+
+
+def source_shards(names: list[str], days: tuple[str, str] | None, shards: dict[str, dict]) -> dict[str, dict]:
+    """The day shards ("<dataset>|<day>": manifest) of the named datasets, within a day range."""
+    lo, hi = days or ("", "9999")
+    return {k: m for k, m in shards.items() if k.split("|")[0] in names and lo <= k.split("|")[1] <= hi}
+
+
+def build_mix_assets(spec_path: str | Path, mix: spec_mod.MixSpec,
+                     datasets: dict[str, DatasetSpec]) -> list[dg.AssetsDefinition]:
+    spec_path = Path(spec_path)
     assets: list[dg.AssetsDefinition] = []
     for i, phase in enumerate(mix.phases):
         prev = mix.phases[i - 1].name if i and phase.replay_fraction > 0 else None
-        assets += [_mix_asset(mix, phase, spec_path.name, prev), _packed_asset(mix, phase)]
+        assets += [_mix_asset(mix, phase, spec_path.name, prev, datasets), _packed_asset(mix, phase)]
     assets.append(_report_asset(mix))
     return assets
 
@@ -73,10 +101,11 @@ def _phase_version_text(mix: spec_mod.MixSpec, phase: spec_mod.MixPhase) -> str:
     return json.dumps({"phase": phase.model_dump(), "templates": templates}, sort_keys=True)
 
 
-def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinition:
-    ins = {"deduplicated": dg.AssetIn("deduplicated"),
-           "synthetic": dg.AssetIn("synthetic", partition_mapping=dg.AllPartitionMapping()),
-           "tokenizer": dg.AssetIn("tokenizer")}
+def _mix_asset(mix, phase, file_name: str, prev: str | None, datasets) -> dg.AssetsDefinition:
+    # each synthetic pool (a named dataset, or a selector over datasets) and the datasets it reads
+    pools = {s.pool: (source_datasets(s, datasets), s.days) for s in phase.sources if s.source != "deduplicated"}
+    ins = {"deduplicated": dg.AssetIn("deduplicated"), "tokenizer": dg.AssetIn("tokenizer"),
+           **synthetic_ins({n for names, _ in pools.values() for n in names})}
     if prev:
         ins["previous_phase"] = dg.AssetIn(key=mix_key(prev))
     if any(s.uses_quality for s in phase.sources):
@@ -93,7 +122,7 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
                           + f"; sequence length {phase.sequence_length}.")
     def _data_mix(context: dg.AssetExecutionContext, storage: StorageResource, **inputs) -> dg.Output:
         st = storage.get()
-        ded, syn, tok_m = inputs["deduplicated"], inputs["synthetic"], inputs["tokenizer"]
+        ded, syn, tok_m = inputs["deduplicated"], merge_synthetic(inputs), inputs["tokenizer"]
         prev_m = inputs.get("previous_phase")
         qc_m = inputs.get("quality_classifier")
         lm_m = inputs.get("reference_lm")
@@ -102,9 +131,11 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None) -> dg.AssetsDefinit
             tok = SpmTokenizer(st.local_dir(tok_m["dir"]) / "tokenizer.model")
             spec_mod.check_sequence_length(mix.name, phase, tok.model_max_length)
             sources = {"deduplicated": resolve.SourceDocs("deduplicated", {"all": ded["version"]},
-                                                          corpus_rows(st, ded)),
-                       "synthetic": resolve.SourceDocs("synthetic", {k: v["version"] for k, v in syn.items()},
-                                                       synthetic_rows(st, syn), blocked_shards(syn))}
+                                                          corpus_rows(st, ded))}
+            for name, (names, days) in pools.items():
+                shards = source_shards(names, days, syn)
+                sources[name] = resolve.SourceDocs(name, {k: v["version"] for k, v in shards.items()},
+                                                   synthetic_rows(st, shards), blocked_shards(shards))
             pool, prev_docs = [], {}
             if prev_m:
                 pool = read_parquet(st, prev_m, "selection.parquet").to_pylist()

@@ -34,6 +34,7 @@ from assets.evaluation import (DEFAULT_QUESTIONS, DEFAULT_TASKS, _table, _tmpl, 
                                read_text_files)
 from assets.mix import mix_key, packed_key
 from assets.pretrain import hf_key
+from assets.synthetic import merge_synthetic, synthetic_ins, teacher_key
 from assets.tokenizer import synthetic_rows
 from kura.io import stable_hash
 from kura.synth.generators import SamplingConfig
@@ -91,7 +92,9 @@ class LeaderboardConfig(dg.Config):
 
 
 def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeSpec], phases: list[str],
-                               templates: dict, parts: dg.StaticPartitionsDefinition) -> list:
+                               templates: dict, parts: dg.StaticPartitionsDefinition, datasets,
+                               judge_teacher: str) -> list:
+    """`datasets`: the synthetic datasets SFT and the DPO prompts learn from; `judge_teacher`: the local judge."""
     if not trials:
         return []
     bases = sorted({t.base for t in trials.values()})
@@ -101,13 +104,13 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
 
     if dpo_bases:
         @kura_asset(name="preference_pairs", group_name="post_training", automation_condition=EAGER,
-                  ins={"synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
-                       "base": dg.AssetIn(key=hf_key(dpo_bases[0]))},
+                  ins={**synthetic_ins(datasets), "base": dg.AssetIn(key=hf_key(dpo_bases[0]))},
                   description=f"chosen = teacher answer, rejected = a sample "
                                                                  f"of {dpo_bases[0]} (DPO pairs)")
         def preference_pairs(context: dg.AssetExecutionContext, config: PairsConfig, storage: StorageResource,
-                             candidates: GeneratorResource, synthetic: dict, base: dict) -> dg.Output:
+                             candidates: GeneratorResource, base: dict, **shards) -> dg.Output:
             st = storage.get()
+            synthetic = merge_synthetic(shards)
             user, assistant, sep = _tmpl(templates, config.chat_template)
 
             def build(stage: Path) -> dict:
@@ -134,8 +137,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
 
         out.append(preference_pairs)
 
-    ins = {"synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
-           "replay_mix": dg.AssetIn(key=mix_key(replay_phase))}
+    ins = {**synthetic_ins(datasets), "replay_mix": dg.AssetIn(key=mix_key(replay_phase))}
     ins.update({f"base_{b}": dg.AssetIn(key=hf_key(b)) for b in bases})
     if dpo_bases:
         ins["pairs"] = dg.AssetIn("preference_pairs")
@@ -148,16 +150,17 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
         tid = context.partition_key
         spec = trials[tid]
         base = inputs[f"base_{spec.base}"]
+        synthetic = merge_synthetic(inputs)
         tmpl = _tmpl(templates, spec.chat_template)
         upstream = {"base": base, "replay_mix": inputs["replay_mix"],
-                    "data": inputs["pairs"] if spec.method == "dpo" else inputs["synthetic"]}
+                    "data": inputs["pairs"] if spec.method == "dpo" else synthetic}
         work = work_dir(st, "adapter", tid, input_version_of(context, spec.model_dump(), upstream))
 
         def build(stage: Path) -> dict:
             _, tok = lora.load_base(st.local_dir(base["dir"]))
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             if spec.method == "sft":
-                convs = _conversations(synthetic_rows(st, inputs["synthetic"]))
+                convs = _conversations(synthetic_rows(st, synthetic))
                 docs = pq.read_table(st.local_dir(inputs["replay_mix"]["dir"]) / "documents.parquet",
                                      columns=["text"]).column("text").to_pylist()
                 examples, man = lora.build_sft_data(convs, [d for d in docs if d], spec, tok, tmpl)
@@ -168,7 +171,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
                        replay_mix_version=inputs["replay_mix"]["version"],
                        data_versions=({"preference_pairs": inputs["pairs"]["version"]} if spec.method == "dpo" else
                                       {f"synthetic[{k}]": v["version"]
-                                       for k, v in sorted(inputs["synthetic"].items())}))
+                                       for k, v in sorted(synthetic.items())}))
             _write_training_texts(stage / "training_texts.jsonl", examples, tok)
             stats = post_trainer.train(context, st, spec, base["dir"], stage, examples=examples, pad_id=pad,
                                        manifest=man, work_dir=work)
@@ -209,7 +212,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
     for mg in merges:
         out.append(_merge_asset(mg, trials, parts))
 
-    eins = {"model": dg.AssetIn("merged_model"), "judge_model": dg.AssetIn("teacher_model"),
+    eins = {"model": dg.AssetIn("merged_model"), "judge_model": dg.AssetIn(key=teacher_key(judge_teacher)),
             "adapter": dg.AssetIn("adapter")}
     eins.update({f"packed_{p}": dg.AssetIn(key=packed_key(p)) for p in phases})
     eins.update({f"contamination_{b}": dg.AssetIn(key=dg.AssetKey(["contamination", b])) for b in bases})

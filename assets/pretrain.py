@@ -22,6 +22,7 @@ import kura.eval.perplexity as ppl
 import kura.train.export_hf as export_hf
 import kura.train.mcore as mcore
 import kura.train.pretrain as pretrain_mod
+import kura.train.rollup as rollup
 import kura.train.spikes as spikes
 import kura.train.upcycle as upcycle_mod
 from assets._common import curves_md, input_version_of, kura_asset, output, run_versioned, work_dir, write_json
@@ -126,6 +127,16 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
                                   dataset_dvc_path=LAYOUT.frozen(f"packed_dataset/{spec.phase}"),
                                   export_uri=None if trainer.backend == "local" else st.uri(weights_rel),
                                   init_optimizer=init_opt)
+            prefixes = {info["prefix"]: label for label, info in packed.get("train", {}).items()}
+            lineage["rollup"] = rollup.chain_rollup(
+                (parent or {}).get("lineage", {}).get("rollup"),
+                rollup.run_tokens_by_source(stats.get("train_tokens") or 0, packed.get("blend", {}).get("train") or [],
+                                            prefixes))
+            if (stage / "lineage.json").exists():  # the folder describes itself: its chain's tokens too
+                write_json(stage / "lineage.json", {**json.loads((stage / "lineage.json").read_text()),
+                                                    "rollup": lineage["rollup"]})
+            stats["chain_gpu_hours"] = rollup.chain_gpu_hours((parent or {}).get("chain_gpu_hours"),
+                                                              stats.get("gpu_hours"))
             _copy_tokenizer(st.local_dir(tok["dir"]), stage)
             if trainer.backend != "local":
                 write_json(stage / "lineage.json", lineage)
@@ -134,6 +145,7 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
                                        "has no export.json (pod 0's conversion did not complete)")
                 write_json(stage / "cluster_checkpoint.json", {**stats, "weights": weights_rel})
             return {"stats": stats, "lineage": lineage, "spec": spec.model_dump(), "vocab_size": packed["vocab_size"],
+                    "chain_gpu_hours": stats["chain_gpu_hours"],
                     "sequence_length": packed["sequence_length"]}
 
         m, reused = run_versioned(context, st, config=config, upstream=inputs,
@@ -148,7 +160,10 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
         if curve:
             md["loss_and_lr"] = curves_md(curve, f"checkpoint/{spec.name}")
         yield output(m, reused, **md, architecture=kind, chain=" → ".join(m["lineage"]["chain"]),
-                     lineage=m["lineage"])
+                     lineage=m["lineage"], chain_tokens=m["lineage"]["rollup"]["tokens"],
+                     chain_synthetic_share=m["lineage"]["rollup"]["synthetic_share"],
+                     chain_tokens_by_source=m["lineage"]["rollup"]["tokens_by_source"],
+                     chain_gpu_hours=m.get("chain_gpu_hours"))
         found = spikes.spike_report(spikes.detect_spikes(curve, config.spikes))
         yield dg.AssetCheckResult(check_name="no_loss_spikes", passed=not found["spikes"],
                                   severity=dg.AssetCheckSeverity.WARN,
@@ -184,7 +199,7 @@ def build_upcycled(spec: RunSpec) -> dg.AssetsDefinition:
                 with torch.no_grad():
                     info["max_logit_diff_vs_dense"] = float((mcore.forward_logits(d, x) -
                                                              mcore.forward_logits(u, x)).abs().max())
-            return {"info": info, "lineage": lineage}
+            return {"info": info, "lineage": lineage, "chain_gpu_hours": dense.get("chain_gpu_hours")}
 
         m, reused = run_versioned(context, st, config=config, upstream={"dense": dense}, build=build)
         return output(m, reused, **m["info"], lineage=m["lineage"])

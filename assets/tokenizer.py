@@ -7,6 +7,7 @@ import kura.tokenize.hf_export as hf_export
 import kura.tokenize.spm as spm
 from assets._common import kura_asset, output, read_parquet, run_versioned
 from assets.automation import EAGER
+from assets.synthetic import merge_synthetic, synthetic_ins
 from kura.mix.resolve import is_heldout
 from resources import StorageResource
 
@@ -22,7 +23,7 @@ def corpus_rows(storage, deduplicated: dict) -> list[dict]:
 
 
 def synthetic_rows(storage, synthetic: dict) -> list[dict]:
-    """Records of every materialized synthetic shard that passed its reject-rate gate, in (day, recipe) order. A
+    """Records of every materialized synthetic shard that passed its reject-rate gate, in (dataset, day) order. A
     shard that failed the gate stays visible in the UI with its reasons but never feeds a tokenizer or a mix."""
     rows: list[dict] = []
     for _, m in sorted(synthetic.items()):
@@ -32,10 +33,20 @@ def synthetic_rows(storage, synthetic: dict) -> list[dict]:
     return rows
 
 
-@kura_asset(group_name="model_data", ins={"synthetic": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
-            automation_condition=EAGER)
-def tokenizer(context: dg.AssetExecutionContext, config: TokenizerAssetConfig, deduplicated: dict, synthetic: dict,
-              storage: StorageResource) -> dg.Output:
+def build_tokenizer(datasets) -> dg.AssetsDefinition:
+    """The tokenizer, trained on the corpus and every synthetic dataset (all their materialized days)."""
+    @kura_asset(name="tokenizer", group_name="model_data", ins={"deduplicated": dg.AssetIn("deduplicated"),
+                                                               **synthetic_ins(datasets)},
+                automation_condition=EAGER)
+    def tokenizer(context: dg.AssetExecutionContext, config: TokenizerAssetConfig, storage: StorageResource,
+                  deduplicated: dict, **shards) -> dg.Output:
+        yield from _tokenizer(context, config, storage, deduplicated, merge_synthetic(shards))
+
+    return tokenizer
+
+
+def _tokenizer(context, config: TokenizerAssetConfig, storage: StorageResource, deduplicated: dict,
+               synthetic: dict):
     st = storage.get()
 
     def build(stage):
@@ -66,6 +77,6 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerAssetConfig, d
 
     m, reused = run_versioned(context, st, config=config, upstream={"deduplicated": deduplicated,
                                                                     "synthetic": synthetic}, build=build)
-    return output(m, reused, vocab_size=m["stats"]["vocab_size"], heldout=m["stats"]["heldout"],
+    yield output(m, reused, vocab_size=m["stats"]["vocab_size"], heldout=m["stats"]["heldout"],
                   sample_chars=m["stats"]["sample_chars"],
                   hf_export_id_agreement=m["stats"]["hf_export_id_agreement"])

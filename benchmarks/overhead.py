@@ -25,7 +25,8 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from assets.synthetic import SyntheticConfig, TeacherModelConfig
+    from assets.mix import source_datasets
+    from kura.synth.spec import load_datasets, load_teachers
     from kura.corpus.readers import Document, read_corpus_file
     from kura.dedup.incremental import DedupState, dedup_shard
     from kura.dedup.minhash import MinHashConfig, MinHasher
@@ -34,10 +35,10 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     from kura.mix.spec import load_mix
     from kura.pack.phase import pack_phase
     from kura.quality.expectations import validate_documents
-    from kura.synth.generators import SamplingConfig, VllmGenerator
+    from kura.synth.generators import VllmGenerator
     from kura.synth.recipes import QADialogueRecipe
     from kura.synth.shard import generate_shard, teacher_examples
-    from kura.synth.teacher import TeacherConfig, train_teacher
+    from kura.synth.teacher import train_teacher
     from assets.quality import BAD_KINDS, GOOD_KINDS, QualityClassifierConfig, QualityExamplesConfig
     from kura.corpus.default import DefaultCorpusConfig, generate_labelled
     from kura.text.filters import CleanConfig, clean_documents
@@ -65,13 +66,19 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     hasher = MinHasher(MinHashConfig())
     ded = [r for _, rows in sorted(shards, key=lambda x: x[0]) for r in dedup_shard(state, hasher, rows)[0]]
     pq.write_table(pa.Table.from_pylist(ded), out / "deduplicated.parquet")
-    recipe, tcfg = QADialogueRecipe(), TeacherModelConfig()
-    ex = teacher_examples(ded, recipe, tcfg.max_examples, tcfg.seed)
-    train_teacher(ex, out / "teacher", TeacherConfig(**tcfg.model_dump(exclude={"max_examples"})))
-    sc = SyntheticConfig()
-    picked = QADialogueRecipe().sources(ded, sc.docs_per_day, sc.seed, day)
-    syn = generate_shard(picked, recipe, VllmGenerator(str(out / "teacher")),
-                         SamplingConfig(sc.max_tokens, sc.temperature, sc.top_p, sc.seed), day).kept
+    root = Path(__file__).resolve().parents[1] / "pipelines"
+    teachers = load_teachers(root / "teachers")
+    datasets = load_datasets(root / "synthetic", teachers)
+    for t in teachers.values():  # every teacher, then one day of every dataset, as the demo's jobs do
+        ex = teacher_examples(ded, QADialogueRecipe(), t.max_examples, t.train.seed)
+        train_teacher(ex, out / f"teacher_{t.name}", t.train)
+    syn_by: dict[str, list] = {}
+    for d in datasets.values():
+        recipe = d.build_recipe()
+        picked = recipe.sources(ded, d.prompts_per_day, d.sampling.seed, day)
+        syn_by[d.name] = generate_shard(picked, recipe, VllmGenerator(str(out / f"teacher_{d.teacher}")), d.sampling,
+                                        f"{d.name}|{day}", checks=d.checks).kept
+    syn = [r for rows in syn_by.values() for r in rows]
     pq.write_table(pa.Table.from_pylist(syn), out / "synthetic.parquet")
     from kura.mix.resolve import is_heldout
     train_sentencepiece({k: [r["text"] for r in rows if not is_heldout(r["doc_id"], 0.02)]
@@ -85,7 +92,9 @@ def run_direct(home: Path, corpus_dir: Path, day: str) -> dict:
     quality = QualityClassifier.train([t for t, g in train_ex if g], [t for t, g in train_ex if not g],
                                       QualityModelConfig(**qcfg.model_dump(exclude={"heldout_every"})))
     mix = load_mix(Path(__file__).resolve().parents[1] / "pipelines" / "mixes" / "default.yaml")
-    sources = {"deduplicated": SourceDocs("deduplicated", {}, ded), "synthetic": SourceDocs("synthetic", {}, syn)}
+    sources = {"deduplicated": SourceDocs("deduplicated", {}, ded)}
+    for src in (x for p in mix.phases for x in p.sources if x.source != "deduplicated"):
+        sources[src.pool] = SourceDocs(src.pool, {}, [r for n in source_datasets(src, datasets) for r in syn_by[n]])
     packed_dirs, prev_rows, prev_docs = [], [], {}
     for phase in mix.phases:
         sel, _, by_label = resolve_phase(mix, phase, sources, lambda ts: [len(x) for x in tok.encode_batch(ts)],

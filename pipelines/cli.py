@@ -57,7 +57,7 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
     {asset: {partition: manifest}}). Bad input files do not stop the run: they are quarantined and counted.
     `ops_config` maps asset names to their run config (tests use it for tiny budgets)."""
     from assets.corpus import corpus_partitions
-    from assets.synthetic import daily_partitions, synthetic_key
+    from assets.synthetic import daily_partitions
     from pipelines.definitions import INGEST
 
     import dagster as dg
@@ -90,7 +90,7 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
     defs.resolve_job_def("corpus_snapshot_job").execute_in_process(instance=instance, run_config=QUIET)
     # which teacher and judge are behind the resources now: another model makes what they produced stale
     defs.resolve_job_def("observe_models_job").execute_in_process(instance=instance, run_config=QUIET)
-    syn_pk = synthetic_key(day or daily_partitions.get_last_partition_key())  # the demo teacher knows Q&A only
+    syn_pk = day or daily_partitions.get_last_partition_key()  # one day of every synthetic dataset
     steps = [("curate_job", None), ("synthetic_job", syn_pk), ("model_job", None)]
     if "post_training_job" in {j.name for j in defs.jobs}:
         trials = defs.resolve_job_def("post_training_job").partitions_def.get_partition_keys()
@@ -118,18 +118,17 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
             # the shard is recorded and skipped by every reader; a mix that declares synthetic `optional` goes on
             out["left_out"].append(why)
             log(f"  {job:12s} {'[' + pk + ']':14s} gate failed, shard left out: {why}")
-            out.setdefault("synthetic", {})[pk] = r.output_for_node("synthetic")
-            continue
         for name in names:
             value = {pk: r.output_for_node(name)} if pk else r.output_for_node(name)
             if "__" in name:  # a phase asset: out["data_mix"]["web"]
                 prefix, phase = name.split("__", 1)
                 out.setdefault(prefix, {})[phase] = value
-            elif pk:  # a partitioned asset: out["adapter"]["sft-r4"], out["synthetic"][(day, recipe)]
+            elif pk:  # a partitioned asset: out["adapter"]["sft-r4"] (a dataset: out["synthetic"]["qa_web"][day])
                 out.setdefault(name, {}).update(value)
             else:
                 out[name] = value
-        log(f"  {job:12s} {'[' + pk + ']' if pk else '':14s} ok ({time.perf_counter() - t:.1f}s)")
+        if r.success:
+            log(f"  {job:12s} {'[' + pk + ']' if pk else '':14s} ok ({time.perf_counter() - t:.1f}s)")
     return out
 
 
@@ -165,7 +164,6 @@ def demo(args) -> int:
     secs = time.perf_counter() - t0
     evs = out["eval_perplexity"]
     cks = dict(sorted(out["checkpoint"].items(), key=lambda kv: len(kv[1]["lineage"]["chain"])))
-    syn = next(iter(out["synthetic"].values()))
     print("\nResults")
     print(f"  documents kept after cleaning : {sum(m['kept'] for m in out['cleaned'].values())} "
           f"(dropped {sum(m['dropped'] for m in out['cleaned'].values())}, "
@@ -173,9 +171,15 @@ def demo(args) -> int:
           f"WARC records that are not pages)")
     by_reason = ", ".join(f"{v} {k}" for k, v in sorted(out["deduplicated"]["duplicates_by_reason"].items()))
     print(f"  after dedup (exact + near)    : {out['deduplicated']['kept']} ({by_reason})")
-    rejected = ", ".join(f"{v} {k}" for k, v in sorted(syn["rejected_by_reason"].items())) or "none"
-    print(f"  synthetic Q&A ({syn['backend']}) : {syn['kept']}/{syn['prompts']} kept (rejected: {rejected}); "
-          f"{syn['generated']} generated at {syn['tokens_per_second']} tok/s, {syn['resumed']} from the request log")
+    for name, days in out["synthetic"].items():
+        for day, syn in days.items():
+            rejected = ", ".join(f"{v} {k}" for k, v in sorted(syn["rejected_by_reason"].items())) or "none"
+            print(f"  synthetic/{name} [{day}, teacher {syn['teacher_name']}, {syn['backend']}]: {syn['kept']}/"
+                  f"{syn['prompts']} kept (rejected: {rejected}); {syn['generated']} generated at "
+                  f"{syn['tokens_per_second']} tok/s, {syn['resumed']} from the request log")
+    for phase, m in out["data_mix"].items():
+        named = ", ".join(f"{k} {v['tokens_selected']}" for k, v in m["summary"]["sources"].items())
+        print(f"  mix [{phase}] tokens by source : {named}")
     for phase, p in out["packed_dataset"].items():
         srcs = ", ".join(f"{k} {v['real_tokens']}" for k, v in p["train"].items())
         print(f"  packed [{phase}]{' ' * max(0, 19 - len(phase))}: {p['train_tokens']} tokens at length "
@@ -548,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "(pipe into kubectl apply -f -)")
     ks.add_argument("--namespace", default="kura")
     v = sub.add_parser("versions", help="what an asset's derived code version covers (modules, packages, hash)")
-    v.add_argument("asset", nargs="?", help="asset key, e.g. synthetic or checkpoint/dense_1 (default: all)")
+    v.add_argument("asset", nargs="?", help="asset key, e.g. synthetic/qa_web or checkpoint/dense_1 (default: all)")
     v.add_argument("--json", action="store_true", help="machine-readable output")
     a = sub.add_parser("arena", help="serve the human arena web app (kura models through vLLM) on 127.0.0.1")
     a.add_argument("--home", default=os.environ.get("KURA_HOME", ".kura"))

@@ -1,10 +1,10 @@
 """The code location: `dagster dev -m pipelines.definitions`.
 
-Graph: raw_corpus[file] → cleaned[file] (+GX check) → deduplicated → teacher_model → synthetic[day×recipe] →
-tokenizer → data_mix/<phase> (YAML) → packed_dataset/<phase> (+read-back check) → checkpoint/<run> chain from
-pipelines/runs/*.yaml (dense_1 → dense_2 → upcycled/moe_1 → moe_1) → hf_model/<run> → eval_perplexity/<run>,
-eval_tasks/<run>, eval_judge/<run> (judge: teacher_model or KURA_JUDGE_URL), contamination/<run> → arena →
-eval_leaderboard; mix_report beside them.
+Graph: raw_corpus[file] → cleaned[file] (+GX check) → deduplicated → teacher/<t> (pipelines/teachers/*.yaml) →
+synthetic/<dataset>[day] (pipelines/synthetic/*.yaml) → tokenizer → data_mix/<phase> (YAML) → packed_dataset/<phase>
+(+read-back check) → checkpoint/<run> chain from pipelines/runs/*.yaml (dense_1 → dense_2 → upcycled/moe_1 → moe_1)
+→ hf_model/<run> → eval_perplexity/<run>, eval_tasks/<run>, eval_judge/<run> (judge: teacher/<KURA_JUDGE_TEACHER>
+or KURA_JUDGE_URL), contamination/<run> → arena → eval_leaderboard; mix_report beside them.
 The resource set is chosen by KURA_ENV: `local` (folder storage, local vLLM engine, in-process steps) or `cluster`
 (S3 storage and input, vLLM GPU Jobs for generation, every step in its own pod through k8s_job_executor).
 """
@@ -23,12 +23,13 @@ from assets.frozen import frozen_dataset
 from assets.models_in_use import resource_observations
 from assets.mix import build_mix_assets, load_mix_spec
 from assets.quality import quality_classifier, quality_examples, reference_lm
-from assets.synthetic import synthetic, synthetic_partitions, teacher_model
-from assets.tokenizer import tokenizer
+from assets.synthetic import build_synthetic_assets, daily_partitions
+from assets.tokenizer import build_tokenizer
 from assets.evaluation import build_evaluation_assets
 from assets.posttrain import build_post_training_assets
 from assets.pretrain import build_pretraining_assets
 from pipelines.settings import Settings
+from kura.synth.spec import SpecError, load_datasets, load_teachers
 from kura.train.spec import load_run_specs
 from kura.train.trials import load_post_training
 from kura.io.layout import LAYOUT
@@ -37,8 +38,9 @@ from resources.posttrainer import PostTrainerResource
 from resources.trainer import TrainerResource
 
 INGEST = ["raw_corpus", "cleaned"]
-CURATE = ["deduplicated", "teacher_model", "quality_examples", "quality_classifier", "reference_lm"]
-SYNTH = ["synthetic"]
+CURATE = dg.AssetSelection.assets("deduplicated", "quality_examples", "quality_classifier", "reference_lm") | \
+    dg.AssetSelection.key_prefixes(["teacher"])
+SYNTH = dg.AssetSelection.key_prefixes(["synthetic"])
 MODEL = dg.AssetSelection.assets("tokenizer", "mix_report") | \
     dg.AssetSelection.key_prefixes(["data_mix"], ["packed_dataset"], ["checkpoint"], ["upcycled"], ["hf_model"],
                                    ["eval_perplexity"], ["eval_tasks"], ["eval_judge"], ["contamination"]) | \
@@ -78,7 +80,7 @@ def build_resources(s: Settings) -> dict:
         "trainer": TrainerResource(backend="kubernetes", namespace=s.k8s_namespace, image=s.image_megatron,
                                    gpu_pool=s.gpu_pool, pipes_bucket=s.pipes_bucket, s3_endpoint=s.s3_endpoint or "")
         if s.env == "cluster" else TrainerResource(backend="local"),
-        # evaluation: candidates are generated from each run's HF export; the judge is the teacher_model asset
+        # evaluation: candidates are generated from each run's HF export; the judge is teacher/<judge_teacher>
         # locally, or any OpenAI-compatible endpoint (KURA_JUDGE_URL, a vLLM server) when one is configured
         "candidates": GeneratorResource(backend="kubernetes", namespace=s.k8s_namespace, image=s.image_vllm,
                                         gpu_pool=s.gpu_pool, s3_endpoint=s.s3_endpoint or "")
@@ -106,8 +108,8 @@ observe_models_job = dg.define_asset_job("observe_models_job",
 curate_job = dg.define_asset_job("curate_job", selection=CURATE,
                                  description="Dedup across shards; train the teacher, the quality classifier and the "
                                             "reference LM.")
-synthetic_job = dg.define_asset_job("synthetic_job", selection=SYNTH, partitions_def=synthetic_partitions,
-                                    description="Generate one (day × recipe) synthetic shard.")
+synthetic_job = dg.define_asset_job("synthetic_job", selection=SYNTH, partitions_def=daily_partitions,
+                                    description="Generate one day of every synthetic dataset.")
 model_job = dg.define_asset_job("model_job", selection=MODEL,
                                 description="Tokenizer, mix, packing, the pretraining chain, export and evaluation.")
 
@@ -222,9 +224,17 @@ def frozen_sources(repo: Path = REPO_ROOT) -> list[dg.AssetsDefinition]:
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     s = settings or Settings.from_env()
-    mix = load_mix_spec(s.mix_file)
+    teachers = load_teachers(s.teachers_dir)
+    datasets = load_datasets(s.synthetic_dir, teachers)
+    mix = load_mix_spec(s.mix_file, datasets)
     phases = [p.name for p in mix.phases]
     runs = load_run_specs(s.runs_dir, phases)
+    teachers = load_teachers(s.teachers_dir, {r.name for r in runs})  # now that the runs are known
+    judge = teachers.get(s.judge_teacher)
+    if judge is None or judge.kind == "endpoint":
+        raise SpecError(f"KURA_JUDGE_TEACHER={s.judge_teacher!r}: the local judge must be a teacher spec in "
+                        f"{s.teachers_dir} with a local model (trained, hf_folder or kura_run); teachers: "
+                        f"{', '.join(f'{t.name} ({t.kind})' for t in teachers.values()) or 'none'}")
     trials, merges = load_post_training(s.post_training_dir, [r.name for r in runs])
     templates = {k: v.model_dump() for k, v in mix.chat_templates.items()}
     trial_parts = dg.StaticPartitionsDefinition(sorted(trials)) if trials else None
@@ -238,14 +248,15 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                             description="DPO preference pairs (teacher answer vs base model sample)."),
     ] if trials else []
     return dg.Definitions(
-        assets=[raw_corpus, cleaned, corpus_snapshot, deduplicated, teacher_model, quality_examples, quality_classifier,
+        assets=[raw_corpus, cleaned, corpus_snapshot, deduplicated, quality_examples, quality_classifier,
                 reference_lm,
-                synthetic,
-                tokenizer,
-                *build_mix_assets(s.mix_file, mix),
+                *build_synthetic_assets(teachers, datasets),
+                build_tokenizer(datasets),
+                *build_mix_assets(s.mix_file, mix, datasets),
                 *build_pretraining_assets(runs, phases),
-                *build_evaluation_assets(runs, phases, templates),
-                *build_post_training_assets(trials, merges, phases, templates, trial_parts),
+                *build_evaluation_assets(runs, phases, templates, s.judge_teacher),
+                *build_post_training_assets(trials, merges, phases, templates, trial_parts, datasets,
+                                            s.judge_teacher),
                 *frozen_sources(), *resource_observations, arena_votes],
         jobs=[ingest_job, corpus_snapshot_job, observe_models_job, curate_job, synthetic_job, model_job, *post_jobs],
         executor=k8s_job_executor if s.env == "cluster" else None,

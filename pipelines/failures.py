@@ -40,16 +40,23 @@ def explain_failure(job: str, partition: str | None, result, log_dir: Path) -> s
 
 
 def blocked_shard(result, asset: str = "synthetic") -> str | None:
-    """The explanation when a run failed only because `asset`'s blocking gate failed on a shard that was still
-    recorded (readers of that asset skip gate-failed shards by themselves); None when anything else failed."""
+    """The explanation when a run failed only because blocking gates failed on shards that were still recorded
+    (readers skip gate-failed shards by themselves): the gates of `asset` or of the assets under the key prefix
+    `asset/` (every synthetic dataset). None when anything else failed."""
     failed = [ev for ev in result.get_asset_check_evaluations() if not ev.passed]
-    if not failed or any(ev.asset_key.to_user_string() != asset for ev in failed):
+    keys = {ev.asset_key.to_user_string() for ev in failed}
+    if not failed or any(k != asset and not k.startswith(asset + "/") for k in keys):
         return None
-    if any(e.is_step_failure and (e.step_key or "") != asset for e in result.all_events):
+    steps = {k.replace("/", "__") for k in keys}
+    if any(e.is_step_failure and (e.step_key or "") not in steps for e in result.all_events):
         return None
     try:
-        result.output_for_node(asset)
-    except Exception:  # noqa: BLE001 - the shard itself was not written: a real failure
+        for step in steps:
+            result.output_for_node(step)
+    except Exception:  # noqa: BLE001 - a shard itself was not written: a real failure
         return None
-    md = {k: getattr(v, "value", v) for k, v in failed[0].metadata.items()}
-    return str(md.get("explanation") or f"check {failed[0].check_name} on {asset} failed")
+    why = []
+    for ev in failed:
+        md = {k: getattr(v, "value", v) for k, v in ev.metadata.items()}
+        why.append(str(md.get("explanation") or f"check {ev.check_name} on {ev.asset_key.to_user_string()} failed"))
+    return "; ".join(why)

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     gpu_pool: str = Field("gpu", description="KURA_GPU_POOL: node pool label of GPU nodes.")
     image_vllm: str = Field("ghcr.io/your-org/kura-gpu-vllm:0.1.0", description="KURA_IMAGE_VLLM: generation image.")
     runs_dir: Path = Field(PIPELINES_DIR / "runs", description="KURA_RUNS_DIR: folder of pretraining run specs.")
+    teachers_dir: Path = Field(PIPELINES_DIR / "teachers", description="KURA_TEACHERS_DIR: folder of teacher specs "
+                                                                       "(one asset teacher/<name> each).")
+    synthetic_dir: Path = Field(PIPELINES_DIR / "synthetic", description="KURA_SYNTHETIC_DIR: folder of synthetic "
+                                                                         "dataset specs (synthetic/<name> each).")
+    judge_teacher: str = Field("demo", description="KURA_JUDGE_TEACHER: the teacher spec whose model judges locally "
+                                                   "(when no KURA_JUDGE_URL endpoint is set).")
     image_megatron: str = Field("ghcr.io/your-org/kura-gpu-megatron:0.1.0",
                                 description="KURA_IMAGE_MEGATRON: Megatron-LM training image.")
     pipes_bucket: str = Field("", description="KURA_PIPES_BUCKET: S3 bucket of Dagster Pipes messages (cluster).")
@@ -48,8 +54,9 @@ class Settings(BaseSettings):
         "completions", description="KURA_JUDGE_API: how the endpoint judge is asked, `completions`, or `chat` for an "
                                    "instruction-tuned / GPT-4-class judge that needs its own chat template.")
     teacher_url: str = Field("", description="KURA_TEACHER_URL: an OpenAI-compatible endpoint (e.g. `vllm serve`) "
-                                             "that writes the synthetic shards instead of the local teacher_model "
-                                             "(its key from KURA_TEACHER_API_KEY).")
+                                             "that writes the synthetic shards of every dataset whose teacher is a "
+                                             "local model (its key from KURA_TEACHER_API_KEY); a teacher spec of kind "
+                                             "endpoint names its own.")
     teacher_served_model: str = Field("teacher", validation_alias=AliasChoices("KURA_TEACHER_MODEL",
                                                                                "teacher_served_model"),
                                       description="KURA_TEACHER_MODEL: model id the teacher endpoint serves.")

@@ -94,6 +94,18 @@ class GeneratorResource(dg.ConfigurableResource):
             return PipesVllmGenerator(gen.model_dir, context)
         return gen
 
+    def build_for_teacher(self, storage, model_rel: str, spec, context=None) -> Generator:
+        """A generator for a local teacher (`teacher/<name>` of kind trained, hf_folder or kura_run; its spec a
+        kura.synth.spec.TeacherSpec): on the cluster a GPU Job that splits the model over tensor × pipeline
+        parallel GPUs; here the local backend."""
+        if self.backend == "kubernetes":
+            from resources.kubernetes import KubernetesVllmGenerator
+
+            return KubernetesVllmGenerator(storage, storage.uri(model_rel), self.job_config(), context=context,
+                                           tensor_parallel_size=spec.tensor_parallel_size,
+                                           pipeline_parallel_size=spec.pipeline_parallel_size)
+        return self.build_for(storage, model_rel, context=context)
+
     def build(self, model_dir: str) -> Generator:
         backend = self.resolved_backend()
         if backend == "vllm":

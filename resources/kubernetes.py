@@ -42,10 +42,16 @@ class KubernetesVllmGenerator(Generator):
     name = "vllm-kubernetes"
 
     def __init__(self, storage: Storage, model_uri: str, job: VllmJobConfig, timeout_s: float = 6 * 3600,
-                 max_model_len: int = 4096, dtype: str = "bfloat16", context=None):
-        self.storage, self.model_uri, self.job, self.timeout_s = storage, model_uri, job, timeout_s
+                 max_model_len: int = 4096, dtype: str = "bfloat16", context=None, tensor_parallel_size: int = 1,
+                 pipeline_parallel_size: int = 1):
+        self.storage, self.model_uri, self.timeout_s = storage, model_uri, timeout_s
+        gpus = tensor_parallel_size * pipeline_parallel_size  # vLLM splits the teacher over every GPU of the pod
+        self.job = job if gpus <= job.gpu.gpus_per_node else job.model_copy(
+            update={"gpu": job.gpu.model_copy(update={"gpus_per_node": gpus})})
         self.context = context
-        self.local = VllmGenerator(model_uri, max_model_len=max_model_len, dtype=dtype, enforce_eager=False)
+        self.local = VllmGenerator(model_uri, max_model_len=max_model_len, dtype=dtype, enforce_eager=False,
+                                   tensor_parallel_size=tensor_parallel_size,
+                                   pipeline_parallel_size=pipeline_parallel_size)
 
     def paths(self, request: dict) -> tuple[str, str, str]:
         """(job name, request path, result path) for a request; relative to the storage root."""

@@ -124,4 +124,8 @@ class TrainerResource(dg.ConfigurableResource):
         return {"run": spec.name, "backend": "kubernetes", "checkpoint": f"/checkpoints/{spec.name}",
                 "final_loss": md.get("final_loss"), "iterations": md.get("iterations"),
                 "tflops_per_gpu": md.get("tflops_per_gpu"), "loss_curve": md.get("loss_curve") or [],
-                "gpu_hours": None, "weights_uri": export_uri, "converted_from": md.get("converted_from")}
+                # every pod's GPUs for the job's wall time, as the launcher reported it over Pipes
+                "gpu_hours": None if md.get("train_seconds") is None else round(
+                    md["train_seconds"] * spec.resources.nodes * spec.resources.gpus_per_node / 3600, 4),
+                "train_seconds": md.get("train_seconds"), "weights_uri": export_uri,
+                "converted_from": md.get("converted_from")}

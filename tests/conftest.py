@@ -34,9 +34,7 @@ warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
 
 # tiny budgets for the whole-graph test: ~1 minute of CPU, most of it vLLM's start-up
 TINY_OPS = {
-    "teacher_model": {"steps": 400, "max_examples": 500},  # fewer steps and it loops (output checks reject)
     "quality_examples": {"generated_docs": 1500},
-    "synthetic": {"docs_per_day": 32, "max_tokens": 64},
     "tokenizer": {"vocab_size": 800},
     "checkpoint__dense_1": {"train_iters": 6},
     "checkpoint__dense_2": {"train_iters": 4},
@@ -46,11 +44,26 @@ TINY_OPS = {
 TINY_MIX = {"name": "tiny", "phases": [
     {"name": "web", "sequence_length": 64, "total_tokens": 30000, "heldout_fraction": 0.1,
      "sources": [{"source": "deduplicated", "weight": 0.97, "min_quality": 0.3, "max_perplexity": 20},
-                 {"source": "synthetic", "weight": 0.03, "max_epochs": 8}]},
+                 {"source": "synthetic/qa", "weight": 0.03, "max_epochs": 8}]},
     {"name": "instruct", "sequence_length": 128, "replay_fraction": 0.2, "heldout_fraction": 0.1,
-     "sources": [{"source": "synthetic", "tokens": 3000, "max_epochs": 8, "chat_template": "plain",
-                  "loss_mask": "assistant_only"}]},
+     "sources": [{"source": "synthetic", "recipe": ["qa_dialogue"], "tokens": 3000, "max_epochs": 8,
+                  "chat_template": "plain", "loss_mask": "assistant_only"}]},
 ]}
+# the whole-graph test's teacher and dataset specs (the demo's have bigger budgets and a second teacher)
+TINY_TEACHER = {"kind": "trained", "licence": "apache-2.0", "train": {"steps": 400}, "max_examples": 500}
+TINY_DATASET = {"recipe": "qa_dialogue", "teacher": "demo", "tags": ["qa"], "prompts_per_day": 32,
+                "sampling": {"max_tokens": 64}}
+
+
+def write_specs(home: Path, teachers: dict | None = None, datasets: dict | None = None) -> None:
+    """Teacher and dataset spec folders under `home`, pointed at by KURA_TEACHERS_DIR / KURA_SYNTHETIC_DIR."""
+    for sub, specs in (("teachers", teachers or {"demo": TINY_TEACHER}),
+                       ("synthetic", datasets or {"qa": TINY_DATASET})):
+        d = home / "specs" / sub
+        d.mkdir(parents=True, exist_ok=True)
+        for name, spec in specs.items():
+            (d / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        os.environ[f"KURA_{sub.upper()}_DIR"] = str(d)
 
 
 @dataclass
@@ -63,9 +76,14 @@ class Graph:
     day: str
 
     @property
-    def syn(self) -> str:
-        """The demo's synthetic partition: (day, qa_dialogue)."""
-        return f"{self.day}|qa_dialogue"
+    def syn(self) -> dict:
+        """The manifest of the test's synthetic shard: dataset qa, the graph's day."""
+        return self.out["synthetic"]["qa"][self.day]
+
+    @property
+    def syn_pk(self) -> str:
+        """The shard's name in request logs and record ids: "<dataset>|<day>"."""
+        return f"qa|{self.day}"
 
 
 def write_mix(path: Path, instruct_tokens: int = 3000) -> None:
@@ -88,6 +106,7 @@ def graph(tmp_path_factory) -> Graph:
     quiet_warnings()
     os.environ["KURA_MIX_FILE"] = str(mix)
     os.environ["KURA_DEFAULT_CORPUS_DOCS"] = "600"
+    write_specs(home)
     instance = dg.DagsterInstance.get()
     defs = build_definitions()
     day = "2026-11-20"
@@ -246,7 +265,7 @@ def served_models(graph, tmp_path_factory):
     cand_dir = graph.out["hf_model"]["dense_2"]["uri"]
     ctx = json.loads((Path(cand_dir) / "config.json").read_text())["max_position_embeddings"]
     with vllm_openai_server(cand_dir, "dense_2", logs / "cand", ctx, template) as cand_url, \
-            vllm_openai_server(graph.out["teacher_model"]["uri"], "judge", logs / "judge", 2048,
+            vllm_openai_server(graph.out["teacher"]["demo"]["uri"], "judge", logs / "judge", 2048,
                                template) as judge_url:
         yield {"dense_2": cand_url, "judge": judge_url, "dense_2_context": ctx}
 

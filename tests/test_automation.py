@@ -3,12 +3,12 @@ the day that just ended."""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 
 import dagster as dg
 import pytest
 
 from kura.corpus.default import DefaultCorpusConfig, write_default_corpus
-from assets.synthetic import RECIPE_KINDS
 from pipelines.definitions import corpus_files_sensor, synthetic_nightly
 from resources import CorpusResource
 
@@ -62,7 +62,7 @@ def test_corpus_sensor_backpressure_and_already_ingested_files(tmp_path):
 def test_nightly_schedule_generates_the_day_that_ended():
     ctx = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 22, 2, 0, tzinfo=dt.timezone.utc))
     reqs = list(synthetic_nightly.evaluate_tick(ctx).run_requests)
-    assert sorted(r.partition_key for r in reqs) == sorted(f"2026-11-21|{k}" for k in RECIPE_KINDS)
+    assert [r.partition_key for r in reqs] == ["2026-11-21"], "one run: that day of every synthetic dataset"
     assert synthetic_nightly.cron_schedule == "0 2 * * *"
 
 
@@ -82,7 +82,8 @@ def test_corpus_sensor_reingests_changed_files_and_removes_deleted_ones(tmp_path
             f'{{"id": "{name}-{i}", "text": "{text}{i}番目の文書で、内容は少しずつ違います。これは試験のための文章です。"}}\n'
             for i in range(3)), encoding="utf-8")
     s = Settings(env="local", home=tmp_path / "home", storage_root=str(tmp_path / "storage"), corpus_dir=str(folder),
-                 mix_file=PIPELINES_DIR / "mixes" / "default.yaml", s3_endpoint=None)
+                 mix_file=PIPELINES_DIR / "mixes" / "default.yaml", s3_endpoint=None,
+                 teachers_dir=PIPELINES_DIR / "teachers", synthetic_dir=PIPELINES_DIR / "synthetic")
     defs = build_definitions(s)
     instance = dg.DagsterInstance.ephemeral()
     corpus = CorpusResource(path=str(folder))
@@ -185,7 +186,7 @@ def test_staleness_reaches_through_a_fan_in_of_150_shards(tmp_path):
     """Dagster computes no staleness through an edge that fans in more than 100 partitions; kura's one-partition
     `corpus_snapshot` carries it: after one of 150 shards changes, deduplicated is STALE in Dagster's own
     stale-status API (and FRESH without the snapshot observation: the gap it closes), automation requests it and its
-    downstream, and once it is rebuilt its downstream (teacher_model) is STALE in turn."""
+    downstream, and once it is rebuilt its downstream (teacher/demo) is STALE in turn."""
     from dagster._core.definitions.data_version import StaleStatus
     from dagster._utils.test.data_versions import get_stale_status_resolver
 
@@ -198,8 +199,14 @@ def test_staleness_reaches_through_a_fan_in_of_150_shards(tmp_path):
         (folder / f"page-{i:03d}.jsonl").write_text(
             f'{{"text": "第{i}号の記事です。この町の{i * 7 % 13}番目の通りには古い店が{i % 9 + 2}軒並んでいます。"}}\n',
             encoding="utf-8")
+    teachers = tmp_path / "teachers"  # the default mix's datasets, by teachers that train in a moment
+    shutil.copytree(PIPELINES_DIR / "synthetic", tmp_path / "synthetic", ignore=shutil.ignore_patterns("examples"))
+    teachers.mkdir()
+    for name in ("demo", "demo_small"):
+        (teachers / f"{name}.yaml").write_text("kind: trained\ntrain: {steps: 2}\nmax_examples: 20\n")
     s = Settings(env="local", home=tmp_path / "home", storage_root=str(tmp_path / "storage"), corpus_dir=str(folder),
-                 mix_file=PIPELINES_DIR / "mixes" / "default.yaml", s3_endpoint=None)
+                 mix_file=PIPELINES_DIR / "mixes" / "default.yaml", s3_endpoint=None, teachers_dir=teachers,
+                 synthetic_dir=tmp_path / "synthetic")
     defs = build_definitions(s)
     instance = dg.DagsterInstance.ephemeral()
     keys = sorted(p.name for p in folder.iterdir())
@@ -209,18 +216,17 @@ def test_staleness_reaches_through_a_fan_in_of_150_shards(tmp_path):
         assert ingest.execute_in_process(instance=instance, partition_key=k).success
     observe = defs.resolve_job_def("corpus_snapshot_job")
     assert observe.execute_in_process(instance=instance).success
-    tiny_teacher = {"ops": {"teacher_model": {"config": {"steps": 2, "max_examples": 20}}}}
     curate = defs.resolve_job_def("curate_job")
-    assert curate.execute_in_process(instance=instance, run_config=tiny_teacher, asset_selection=[
-        dg.AssetKey("deduplicated"), dg.AssetKey("teacher_model")]).success
+    assert curate.execute_in_process(instance=instance, asset_selection=[
+        dg.AssetKey("deduplicated"), dg.AssetKey(["teacher", "demo"])]).success
     graph = defs.resolve_asset_graph()
 
     def status(key):
         r = get_stale_status_resolver(instance, list(graph.assets_defs))
-        return r.get_status(dg.AssetKey(key)), [(c.reason, c.dependency and c.dependency.asset_key.to_user_string())
-                                                for c in r.get_stale_causes(dg.AssetKey(key))]
+        return r.get_status(dg.AssetKey.from_user_string(key)), [(c.reason, c.dependency and c.dependency.asset_key.to_user_string())
+                                                for c in r.get_stale_causes(dg.AssetKey.from_user_string(key))]
 
-    assert status("deduplicated")[0] == status("teacher_model")[0] == StaleStatus.FRESH
+    assert status("deduplicated")[0] == status("teacher/demo")[0] == StaleStatus.FRESH
     before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     (folder / "page-042.jsonl").write_text('{"text": "書き換えられた記事です。内容は前とまったく違います。"}\n',
                                            encoding="utf-8")
@@ -231,10 +237,10 @@ def test_staleness_reaches_through_a_fan_in_of_150_shards(tmp_path):
     assert st == StaleStatus.STALE and ("has a new dependency data version", "corpus_snapshot") in causes
     due = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
     assert due.get_num_requested(dg.AssetKey("deduplicated")) == 1
-    assert due.get_num_requested(dg.AssetKey("teacher_model")) == 1, "the eager cascade, in the same tick"
+    assert due.get_num_requested(dg.AssetKey(["teacher", "demo"])) == 1, "the eager cascade, in the same tick"
     assert curate.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("deduplicated")]).success
     assert status("deduplicated")[0] == StaleStatus.FRESH
-    assert status("teacher_model")[0] == StaleStatus.STALE
+    assert status("teacher/demo")[0] == StaleStatus.STALE
 
 
 def test_model_resources_are_observed_with_their_identity(tmp_path, monkeypatch):
@@ -249,7 +255,8 @@ def test_model_resources_are_observed_with_their_identity(tmp_path, monkeypatch)
     def settings(**kw):
         return Settings(env="local", home=tmp_path / "home", storage_root=str(tmp_path / "storage"),
                         corpus_dir=str(tmp_path), mix_file=PIPELINES_DIR / "mixes" / "default.yaml",
-                        s3_endpoint=None, **kw)
+                        s3_endpoint=None, teachers_dir=PIPELINES_DIR / "teachers",
+                        synthetic_dir=PIPELINES_DIR / "synthetic", **kw)
 
     instance = dg.DagsterInstance.ephemeral()
     defs = build_definitions(settings())

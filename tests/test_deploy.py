@@ -108,6 +108,16 @@ def test_cluster_generator_job_and_resume_from_a_finished_pod(s3_server, tmp_pat
     c = job["spec"]["template"]["spec"]["containers"][0]
     name, req_rel, out_rel = gen.paths(request)
     assert c["command"][-2:] == [st.uri(req_rel), st.uri(out_rel)] and job["metadata"]["name"] == name
+    # a teacher split over GPUs (its spec's tensor × pipeline parallel): the request says so, the pod asks for all
+    from kura.synth.spec import TeacherSpec
+
+    big = res.build_for_teacher(st, "teacher/mixtral/abc", TeacherSpec(
+        name="mixtral", kind="hf_folder", path="/models/m", tensor_parallel_size=4, pipeline_parallel_size=2))
+    req = big.local.request(["質問"], sampling)
+    assert req["tensor_parallel_size"] == 4 and req["pipeline_parallel_size"] == 2
+    big_job = big.job_object(req)
+    validate(big_job)
+    assert big_job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert {"name": "KURA_S3_ENDPOINT", "value": s3_server.endpoint} in c["env"]
     st.write_json(out_rel, {"completions": ["回答: 首都です"], "prompt_tokens": 5, "completion_tokens": 4,
                             "seconds": 1.0, "startup_seconds": 9.0, "vllm_version": "x"})

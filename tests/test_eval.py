@@ -280,7 +280,7 @@ def test_every_run_has_all_evaluations_and_a_leaderboard(graph):
         assert j["graded"] + j["ungraded"] == 12, "6 questions × 2 turns, every one accounted for"
         # the tiny teacher never writes [[N]]: its grades are forced (constrained choice), and say so
         assert j["ungraded"] == 0 and j["forced"] <= j["parse_failures"]
-        assert j["judge_model"] == graph.out["teacher_model"]["version"]
+        assert j["judge_model"] == graph.out["teacher"]["demo"]["version"]
         assert j["judge_prompt_version"] == judge.JUDGE_PROMPT_VERSION
         assert graph.out["contamination"][r]["training_documents"] > 100
     chain = graph.out["contamination"]["moe_1"]
@@ -334,11 +334,21 @@ def test_judge_and_candidate_through_real_vllm_servers(graph, served_models, tmp
 
     judge_call, force = judge.judge_fns(jg, 48, PLAIN, force=True)
 
-    t = tasks.run_tasks(_items(), gen, *PLAIN, limit=2)
-    assert t["overall"]["items"] == 6 and all(r["completion"] is not None for r in t["records"])
-    # two short ones: dense_2 serves a 128-token context
-    qs = [q for q in judge.load_questions((ROOT / "pipelines" / "evals" / "mt_bench_ja.jsonl").read_text(), "q")
-          if q.qid in ("1", "4")]
+    # dense_2 serves a 128-token context: the items whose prompt and answer fit it (which do depends on the tokenizer)
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(graph.out["hf_model"]["dense_2"]["uri"])
+    ctx = served_models["dense_2_context"]
+    fits = {k: [it for it in v if len(hf.encode(tasks.render(it, *PLAIN))) + 16 <= ctx] for k, v in _items().items()}
+    fits = {k: v for k, v in fits.items() if v}
+    n = sum(min(2, len(v)) for v in fits.values())
+    t = tasks.run_tasks(fits, gen, *PLAIN, limit=2)
+    assert n >= 4 and t["overall"]["items"] == n and all(r["completion"] is not None for r in t["records"])
+    # the two shortest two-turn questions: the second turn's prompt (both questions, the first answer, 8 prefix
+    # tokens) and its 16-token answer fit the 128-token context
+    qs = sorted(judge.load_questions((ROOT / "pipelines" / "evals" / "mt_bench_ja.jsonl").read_text(), "q"),
+                key=lambda q: len(hf.encode("".join(q.turns))))[:2]
+    assert all(len(hf.encode("\n".join(q.turns))) + 40 <= ctx for q in qs), "no two questions fit the context"
     answers = judge.answer_questions(qs, lambda ps, temperature: gen(ps), *PLAIN)
     assert all(len(a) == 2 for a in answers.values())
     res = judge.grade(qs, answers, judge_call, max_retries=1, force=force)
@@ -408,7 +418,7 @@ def test_judge_and_candidate_through_real_vllm_servers(graph, served_models, tmp
     assert md["reused_existing_output"].value is False and md["judge_model"].value == "endpoint:judge"
     ident = md["input_components"].value["resources"]["judge"]
     assert ident["backend"] == "openai" and ident["endpoint"] == judge_url
-    assert ident["served"]["root"] == str(graph.out["teacher_model"]["uri"])
+    assert ident["served"]["root"] == str(graph.out["teacher"]["demo"]["uri"])
     assert "resources.judge.backend: transformers → openai" in md["changes"].value
     assert served.tags["dagster/data_version"] != local.tags["dagster/data_version"] or \
         md["input_version"].value != local.metadata["input_version"].value

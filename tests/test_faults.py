@@ -22,7 +22,7 @@ from tests.conftest import ROOT
 
 # (step key prefix, which start of it within one attempt, seconds after its start): one kill per stage kind, in
 # the order the demo reaches them. Delays are short enough to land inside the step on CI's 2 cores.
-KILLS = [("cleaned", 3, 0.3), ("deduplicated", 1, 0.5), ("teacher_model", 1, 4.0), ("synthetic", 1, 12.0),
+KILLS = [("cleaned", 3, 0.3), ("deduplicated", 1, 0.5), ("teacher__demo", 1, 4.0), ("synthetic", 1, 12.0),
          ("tokenizer", 1, 0.5), ("packed_dataset", 1, 0.3), ("checkpoint__dense_1", 1, 3.0),
          ("upcycled", 1, 0.5), ("eval_tasks", 1, 1.0), ("adapter", 1, 2.0)]
 

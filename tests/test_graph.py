@@ -10,24 +10,31 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_OPS, write_mix
+from tests.conftest import TINY_DATASET, TINY_OPS, write_mix
 
-PARTITIONED = ("raw_corpus", "cleaned", "synthetic", "adapter", "merged_model", "trial_eval")
+PARTITIONED = ("raw_corpus", "cleaned", "adapter", "merged_model", "trial_eval")
 PHASED = ("data_mix", "packed_dataset", "checkpoint", "hf_model", "eval_perplexity", "upcycled", "eval_tasks",
-          "eval_judge", "contamination", "model_merge")
-SINGLE = ("deduplicated", "teacher_model", "quality_examples", "quality_classifier", "reference_lm", "tokenizer",
+          "eval_judge", "contamination", "model_merge", "teacher")
+DAYS = ("synthetic",)  # out["synthetic"][dataset][day]
+SINGLE = ("deduplicated", "quality_examples", "quality_classifier", "reference_lm", "tokenizer",
           "mix_report", "arena", "eval_leaderboard", "preference_pairs", "trial_leaderboard")
 RUNS = ("dense_1", "dense_2", "moe_1")
 PHASES = ("web", "instruct")
 
 
-def manifests(graph, name):
-    m = graph.out[name]
+def flat(out, name):
+    m = out[name]
+    if name in DAYS:
+        return [x for days in m.values() for x in days.values()]
     return list(m.values()) if name in PARTITIONED + PHASED else [m]
 
 
+def manifests(graph, name):
+    return flat(graph.out, name)
+
+
 def test_every_asset_materialized_with_content_version(graph):
-    for name in PARTITIONED + PHASED + SINGLE:
+    for name in PARTITIONED + PHASED + DAYS + SINGLE:
         ms = manifests(graph, name)
         assert ms, name
         for man in ms:
@@ -71,25 +78,28 @@ def test_quality_checks_passed(graph):
 
 
 def test_synthetic_shard_generated_by_vllm(graph):
-    syn = graph.out["synthetic"][graph.syn]
-    assert syn["backend"] == "vllm" and syn["prompts"] == TINY_OPS["synthetic"]["docs_per_day"]
+    syn = graph.syn
+    assert syn["backend"] == "vllm" and syn["prompts"] == TINY_DATASET["prompts_per_day"]
+    assert syn["dataset"] == "qa" and syn["teacher_name"] == "demo"
     assert syn["kept"] + syn["rejected"] == syn["prompts"] and syn["kept"] > 0
     sidecar = json.loads((Path(syn["uri"]) / "generation.json").read_text())
-    assert sidecar["teacher"] == graph.out["teacher_model"]["version"] and sidecar["template_hash"]
+    assert sidecar["teacher"] == graph.out["teacher"]["demo"]["version"] and sidecar["template_hash"]
 
 
 def test_mix_phases_pin_versions_budgets_and_replay(graph):
     web, ins = graph.out["data_mix"]["web"], graph.out["data_mix"]["instruct"]
     s = web["summary"]["sources"]
     web_src = "deduplicated[q0.3-1][ppl<=20]"
-    assert set(s) == {web_src, "synthetic"}, "the quality bucket and perplexity cut are part of the source label"
+    assert set(s) == {web_src, "synthetic/qa"}, "the quality bucket and perplexity cut are part of the source label"
     assert s[web_src]["quality_bucket"] == [0.3, None] and s[web_src]["max_perplexity"] == 20
     assert s[web_src]["upstream_versions"] == {"all": graph.out["deduplicated"]["version"]}
     assert s[web_src]["documents_available"] <= graph.out["deduplicated"]["kept"]
-    assert s["synthetic"]["upstream_versions"] == {graph.syn: graph.out["synthetic"][graph.syn]["version"]}
+    assert s["synthetic/qa"]["upstream_versions"] == {graph.syn_pk: graph.syn["version"]}
     assert abs(web["summary"]["tokens_selected"] - 30000) < 1000
     si = ins["summary"]["sources"]
-    assert si["synthetic"]["loss_mask"] == "assistant_only" and si["synthetic"]["epochs"] > 1
+    sel = "synthetic{recipe=qa_dialogue}"  # a selector over datasets: every qa_dialogue dataset
+    assert si[sel]["loss_mask"] == "assistant_only" and si[sel]["epochs"] > 1
+    assert si[sel]["upstream_versions"] == {graph.syn_pk: graph.syn["version"]}
     replay, total = si["replay"]["tokens_selected"], ins["summary"]["tokens_selected"]
     assert 0.15 < replay / total < 0.3, "about 20% of the instruct phase replays phase web"
 
@@ -99,7 +109,7 @@ def test_packed_dataset_reads_back_with_megatron(graph):
 
     p = graph.out["packed_dataset"]["web"]
     blend = json.loads((Path(p["uri"]) / "blend.json").read_text())["train"]
-    assert set(blend[1::2]) == {"train_deduplicated_q0.3-1_ppl_20", "train_synthetic"}
+    assert set(blend[1::2]) == {"train_deduplicated_q0.3-1_ppl_20", "train_synthetic_qa"}
     assert math.isclose(sum(map(float, blend[0::2])), 1.0, abs_tol=1e-4)
     ds = IndexedDataset(str(Path(p["uri"]) / "train_deduplicated_q0.3-1_ppl_20"))
     ded = p["train"]["deduplicated[q0.3-1][ppl<=20]"]
@@ -108,10 +118,25 @@ def test_packed_dataset_reads_back_with_megatron(graph):
     assert int(np.max(ds[0])) < p["vocab_size"]
     assert ded["fitting_documents_split"] == 0
     ins = graph.out["packed_dataset"]["instruct"]
-    t = ins["train"]["synthetic"]
+    t = ins["train"]["synthetic{recipe=qa_dialogue}"]
     assert 0 < t["loss_tokens"] < t["real_tokens"], "prompt tokens carry no loss"
-    mask = IndexedDataset(str(Path(ins["uri"]) / "train_synthetic_mask"))
+    mask = IndexedDataset(str(Path(ins["uri"]) / "train_synthetic_recipe_qa_dialogue_mask"))
     assert set(np.unique(mask[0])) <= {0, 1} and len(mask) == t["sequences"]
+
+
+def test_checkpoints_roll_up_tokens_by_source_along_their_chain(graph):
+    """Every checkpoint reports the tokens seen along its whole init_from chain by named source and the synthetic
+    share (the upcycle passes dense_2's through), and GPU-hours along the chain (0 on CPU)."""
+    cks = graph.out["checkpoint"]
+    r1, r2, r3 = (cks[r]["lineage"]["rollup"] for r in RUNS)
+    assert abs(r1["tokens"] - cks["dense_1"]["stats"]["train_tokens"]) <= 2
+    assert abs(r3["tokens"] - sum(cks[r]["stats"]["train_tokens"] for r in RUNS)) <= 6
+    assert {"deduplicated[q0.3-1][ppl<=20]", "synthetic/qa"} <= set(r1["tokens_by_source"])
+    assert "synthetic{recipe=qa_dialogue}" in r2["tokens_by_source"], "dense_2 trained on the instruct phase"
+    assert all(r3["tokens_by_source"][k] >= n for k, n in r2["tokens_by_source"].items())
+    assert 0 < r1["synthetic_share"] < r2["synthetic_share"] < 1 and r3["synthetic_tokens"] > r2["synthetic_tokens"]
+    assert json.loads((Path(cks["moe_1"]["uri"]) / "lineage.json").read_text())["rollup"] == r3
+    assert cks["moe_1"]["chain_gpu_hours"] == 0.0
 
 
 def test_checkpoint_chain_describes_itself_and_eval_is_sane(graph):
@@ -172,9 +197,8 @@ def test_rerun_is_a_noop_with_identical_versions(graph):
     from pipelines.cli import run_pipeline
 
     again = run_pipeline(graph.instance, graph.defs, day=graph.day, ops_config=TINY_OPS, log=lambda *_: None)
-    for name in PARTITIONED + PHASED + SINGLE:
-        assert [m["dir"] for m in manifests(graph, name)] == [
-            m["dir"] for m in (list(again[name].values()) if name in PARTITIONED + PHASED else [again[name]])], name
+    for name in PARTITIONED + PHASED + DAYS + SINGLE:
+        assert [m["dir"] for m in manifests(graph, name)] == [m["dir"] for m in flat(again, name)], name
     mat = graph.instance.get_latest_materialization_event(dg.AssetKey(["checkpoint", "moe_1"])).asset_materialization
     assert mat.metadata["reused_existing_output"].value is True
 
@@ -226,7 +250,7 @@ def test_phase_edit_rebuilds_exactly_that_phase_and_downstream(graph):
     assert executed == {k.replace("/", "__") for k in expected}
     new_mix = run.output_for_node("data_mix__instruct")
     assert new_mix["version"] != graph.out["data_mix"]["instruct"]["version"]
-    assert new_mix["summary"]["sources"]["synthetic"]["budget_tokens"] == 2500
+    assert new_mix["summary"]["sources"]["synthetic{recipe=qa_dialogue}"]["budget_tokens"] == 2500
     write_mix(graph.mix_file)  # leave the session's mix as it was
 
 
@@ -235,17 +259,17 @@ def test_synthetic_shard_request_log_and_reject_gate(graph):
     from kura.io import Storage
     from kura.synth.requestlog import RequestLog
 
-    syn = graph.out["synthetic"][graph.syn]
+    syn = graph.syn
     assert syn["generated"] + syn["resumed"] == syn["prompts"] and syn["kept"] + syn["rejected"] == syn["prompts"]
     assert syn["reject_rate"] == round(syn["rejected"] / syn["prompts"], 4)
     assert set(syn["rejected_by_reason"]) <= {"unparseable", "starts_with_answer", "no_answer", "empty_turn",
                                               "answer_too_short", "banned_phrase", "truncated", "refusal",
                                               "degenerate_repetition", "wrong_language", "copies_source",
                                               "near_duplicate"}
-    log = request_log_path(Storage(str(graph.home / "storage")), graph.syn, graph.out["teacher_model"]["version"])
+    log = request_log_path(Storage(str(graph.home / "storage")), graph.syn_pk, graph.out["teacher"]["demo"]["version"])
     assert 0 < len(RequestLog(log).done) <= syn["prompts"], "finished requests are in the durable log"
     ev = graph.instance.get_latest_asset_check_evaluation_record(
-        dg.AssetCheckKey(dg.AssetKey("synthetic"), "reject_rate_within_limit"))
+        dg.AssetCheckKey(dg.AssetKey(["synthetic", "qa"]), "reject_rate_within_limit"))
     assert ev is not None and ev.event.asset_check_evaluation.passed
 
 
@@ -259,145 +283,46 @@ def test_generation_reports_through_dagster_pipes(graph):
     assert any("kura.synth.vllm_worker: generated" in m for m in messages)
 
 
-# last in this file on purpose: it adds a synthetic partition to the session instance that the tests above do not expect
-def test_another_recipe_on_another_day_is_gated_by_its_reject_rate(graph):
-    """The (2026-11-18, problems) partition through the synthetic job (vLLM): the demo teacher never learned the
-    `答え: X` format, so
-    every prompt is quarantined as unparseable and the blocking gate fails — the shard is recorded, the check says
-    why."""
-    from assets.synthetic import synthetic_key
+# last in this file on purpose: it adds a synthetic dataset to the session instance that the tests above do not expect
+def test_another_dataset_on_another_day_is_gated_by_its_reject_rate(graph):
+    """A `problems` dataset spec added beside the graph's (one file) becomes synthetic/problems; its 2026-11-18 shard
+    through the synthetic job (vLLM): the demo teacher never learned the `答え: X` format, so every prompt is
+    quarantined as unparseable and the blocking gate fails — the shard is recorded, the check says why."""
+    import yaml
+
     from assets.tokenizer import synthetic_rows
     from kura.io import Storage
+    from pipelines.definitions import build_definitions
 
-    r = graph.defs.resolve_job_def("synthetic_job").execute_in_process(
-        instance=graph.instance, partition_key=synthetic_key("2026-11-18", "problems"), raise_on_error=False,
-        run_config={"ops": {"synthetic": {"config": {"docs_per_day": 6, "max_tokens": 32}}}})
+    spec = Path(os.environ["KURA_SYNTHETIC_DIR"]) / "problems.yaml"
+    spec.write_text(yaml.safe_dump({"recipe": "problems", "teacher": "demo", "prompts_per_day": 6,
+                                    "sampling": {"max_tokens": 32}}))
+    try:
+        defs = build_definitions()
+    finally:
+        spec.unlink()
+    key = dg.AssetKey(["synthetic", "problems"])
+    r = defs.resolve_job_def("synthetic_job").execute_in_process(
+        instance=graph.instance, partition_key="2026-11-18", asset_selection=[key], raise_on_error=False)
     assert not r.success
     [check] = r.get_asset_check_evaluations()
     assert check.check_name == "reject_rate_within_limit" and not check.passed
     assert check.metadata["reject_rate"].value == 1.0
-    md = graph.instance.get_latest_materialization_event(dg.AssetKey("synthetic")).asset_materialization
-    assert md.partition == "2026-11-18|problems" and md.metadata["recipe"].value == "problems"
+    md = graph.instance.get_latest_materialization_event(key).asset_materialization
+    assert md.partition == "2026-11-18" and md.metadata["recipe"].value == "problems"
     assert md.metadata["rejected_by_reason"].data == {"unparseable": 6}
-    failed = r.output_for_node("synthetic")
+    failed = r.output_for_node("synthetic__problems")
     assert failed["gate_passed"] is False
     st = Storage(str(graph.home / "storage"))
-    assert synthetic_rows(st, {"2026-11-18|problems": failed}) == [], "a shard that failed its gate feeds nothing"
-    assert synthetic_rows(st, {graph.syn: graph.out["synthetic"][graph.syn]})
+    assert synthetic_rows(st, {"problems|2026-11-18": failed}) == [], "a shard that failed its gate feeds nothing"
+    assert synthetic_rows(st, {graph.syn_pk: graph.syn})
     from pipelines.failures import blocked_shard, explain_failure
 
     assert blocked_shard(r) == check.metadata["explanation"].value, "the demo goes on past a gate-failed shard"
-    line = explain_failure("synthetic_job", "2026-11-18|problems", r, graph.home / "logs")
-    assert "\n" not in line and line.startswith("kura: synthetic_job[2026-11-18|problems] failed: synthetic shard "
-                                                 "2026-11-18|problems: the teacher's outputs were rejected at 100% "
+    line = explain_failure("synthetic_job", "2026-11-18", r, graph.home / "logs")
+    assert "\n" not in line and line.startswith("kura: synthetic_job[2026-11-18] failed: synthetic shard "
+                                                 "problems[2026-11-18]: the teacher's outputs were rejected at 100% "
                                                  "(limit "), line
-    assert "unparseable 6" in line and "stronger teacher" in line and "max_reject_rate" in line
+    assert "unparseable 6" in line and "stronger teacher" in line and "max_reject_rate in problems.yaml" in line
     log = Path(line.rsplit("Full trace: ", 1)[1])
     assert log.parent == graph.home / "logs" and "reject_rate_within_limit" in log.read_text()
-
-
-@pytest.mark.slow
-def test_one_mix_edit_rebuilds_every_affected_asset_exactly_once(graph):
-    """With declarative automation evaluated tick after tick (the automation sensor's own conditions) until nothing
-    more is requested: after one mix edit every asset/partition downstream of the edited phase materializes exactly
-    once, nothing else materializes, and no tick requests an asset beside one of its ancestors in another run (the
-    trial partitions must not run on the old adapters first)."""
-    from pipelines.definitions import build_definitions
-    from tests.automation_driver import drive
-
-    def config_for(keys):
-        names = {k.to_python_identifier() for k in keys}
-        return {"ops": {k: {"config": v} for k, v in TINY_OPS.items() if k in names}}
-
-    settle = drive(graph.defs, graph.instance, run_config_for=config_for)  # whatever earlier tests left due
-    write_mix(graph.mix_file, instruct_tokens=2000)
-    try:
-        defs = build_definitions()
-        agraph = defs.resolve_asset_graph()
-        result = drive(defs, graph.instance, cursor=settle.cursor, run_config_for=config_for)
-        edited = dg.AssetKey(["data_mix", "instruct"])
-        affected, frontier = {edited}, [edited]
-        while frontier:
-            nxt = frontier.pop()
-            for child in agraph.get(nxt).child_keys:
-                if child not in affected:
-                    affected.add(child)
-                    frontier.append(child)
-        print("materialized:", sorted(result.counts.items()), "ticks:", result.ticks, "violations:",
-              result.violations)
-        assert result.twice() == {}, f"materialized more than once: {result.twice()}"
-        assert result.violations == []
-        expected = set()
-        for k in affected:
-            node = agraph.get(k)
-            if not node.is_materializable:
-                continue
-            parts = node.partitions_def.get_partition_keys(dynamic_partitions_store=graph.instance) \
-                if node.is_partitioned else [None]
-            expected |= {(k.to_user_string(), p) for p in parts}
-        assert result.materialized() == expected
-    finally:
-        write_mix(graph.mix_file)  # leave the session's mix as it was
-        drive(build_definitions(), graph.instance, cursor=result.cursor if "result" in dir() else None,
-              run_config_for=config_for)
-
-
-@pytest.mark.slow
-def test_one_run_spec_edit_rebuilds_exactly_that_run_and_downstream_once(graph, tmp_path, monkeypatch):
-    """Edit moe_1's run spec (its learning rate): automation rebuilds upcycled/moe_1, checkpoint/moe_1 and what
-    reads them, each exactly once, and nothing of dense_1/dense_2 or the trials (based on dense_2)."""
-    import shutil
-
-    import yaml
-
-    from pipelines.definitions import build_definitions
-    from tests.automation_driver import drive
-
-    def config_for(keys):
-        names = {k.to_python_identifier() for k in keys}
-        return {"ops": {k: {"config": v} for k, v in TINY_OPS.items() if k in names}}
-
-    settle = drive(graph.defs, graph.instance, run_config_for=config_for)
-    runs = tmp_path / "runs"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "pipelines" / "runs", runs)
-    doc = yaml.safe_load((runs / "moe_1.yaml").read_text())
-    doc["optim"]["lr"] = 2.0e-3
-    (runs / "moe_1.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    monkeypatch.setenv("KURA_RUNS_DIR", str(runs))
-    result = drive(build_definitions(), graph.instance, cursor=settle.cursor, run_config_for=config_for)
-    assert result.twice() == {} and result.violations == []
-    assert {k for k, _ in result.materialized()} == {
-        "upcycled/moe_1", "checkpoint/moe_1", "hf_model/moe_1", "eval_perplexity/moe_1", "eval_tasks/moe_1",
-        "eval_judge/moe_1", "contamination/moe_1", "arena", "eval_leaderboard"}
-
-
-def test_drops_command_samples_each_reason_of_the_cleaned_partitions(graph, capsys):
-    """`python -m pipelines.cli drops --rule doc_ --sample 3`: the counts are the cleaned partitions' drops of that
-    family, each reason shows at most three documents."""
-    from pipelines.cli import main
-
-    env_before = dict(os.environ)
-    try:
-        assert main(["drops", "--rule", "doc_", "--sample", "3", "--width", "60", "--home", str(graph.home)]) == 0
-        assert main(["drops", "--rule", "no_such_rule", "--home", str(graph.home)]) == 2
-    finally:
-        os.environ.clear()
-        os.environ.update(env_before)
-    out, err = capsys.readouterr()
-    cleaned = sorted((graph.home / "storage" / "_manifests" / "cleaned").glob("*.json"))  # what the command reads
-    want = {}
-    for f in cleaned:
-        for k, v in json.loads(f.read_text())["dropped_by_reason"].items():
-            if k.startswith("doc_"):
-                want[k] = want.get(k, 0) + v
-    assert want and f"{sum(want.values())} dropped document(s) in {len(cleaned)} cleaned" in out
-    for reason, n in want.items():
-        assert f"== {reason}: {n} dropped, {min(3, n)} shown" in out
-    assert out.count("\n-- ") == sum(min(3, n) for n in want.values())
-    assert "no rule 'no_such_rule'" in err
-
-
-def test_every_checkpoint_has_a_loss_spike_check_and_the_tiny_runs_pass_it(graph):
-    keys = [dg.AssetCheckKey(dg.AssetKey(["checkpoint", r]), "no_loss_spikes") for r in RUNS]
-    recs = graph.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
-    assert {k: r.status.value for k, r in recs.items()} == {k: "SUCCEEDED" for k in keys}

@@ -77,13 +77,13 @@ def test_edits_change_exactly_the_code_versions_that_reach_them(tmp_path):
     after = _versions(project, tmp_path)
     assert {k for k in base if after[k] != base[k]} == reach
 
-    # 3. a function body inside an asset module, used by one asset only
+    # 3. a function body inside an asset module, used by the synthetic datasets only
     reach = _reaching(project, tmp_path, "assets.synthetic", "request_log_path")
-    assert reach == {"synthetic"}
+    assert reach == {"synthetic/qa_web", "synthetic/qa_web_small"}
     _edit(project / "assets" / "synthetic.py", 'return base / LAYOUT.request_log(partition, teacher_version)',
           'return base / "v2" / LAYOUT.request_log(partition, teacher_version)')
     again = _versions(project, tmp_path)
-    assert {k for k in after if again[k] != after[k]} == {"synthetic"}
+    assert {k for k in after if again[k] != after[k]} == reach
 
 
 def test_code_version_ignores_formatting_and_follows_calls(tmp_path, monkeypatch):
@@ -126,7 +126,7 @@ def test_result_neutral_fields_are_declared_once_and_left_out():
     from pydantic import BaseModel
 
     from assets.pretrain import CheckpointConfig
-    from assets.synthetic import SyntheticConfig
+    from kura.synth.spec import DatasetSpec
 
     class Inner(BaseModel):
         lr: float = 1e-3
@@ -140,9 +140,11 @@ def test_result_neutral_fields_are_declared_once_and_left_out():
     assert neutral_fields(Outer) == {"timeout_s"}
     assert versioned_fields(Outer(timeout_s=5, inner=Inner(workers=64))) == versioned_fields(Outer())
     assert versioned_fields(Outer(seed=1)) != versioned_fields(Outer())
-    assert "batch_size" not in versioned_fields(SyntheticConfig(batch_size=8))
+    qa = {"name": "qa", "recipe": "qa_dialogue", "teacher": "t"}
+    assert DatasetSpec(**qa, batch_size=8).version_text() == DatasetSpec(**qa).version_text()
+    assert DatasetSpec(**qa, tags=["x"]).version_text() == DatasetSpec(**qa).version_text()
     assert "keep_work_dir" not in versioned_fields(CheckpointConfig(keep_work_dir=True))
-    assert versioned_fields(SyntheticConfig(max_tokens=10)) != versioned_fields(SyntheticConfig())
+    assert DatasetSpec(**qa, sampling={"max_tokens": 10}).version_text() != DatasetSpec(**qa).version_text()
 
 
 def test_change_lines_say_what_changed():

@@ -155,7 +155,7 @@ def test_every_trial_is_judged_and_checked_for_contamination(graph):
     for tid in TRIALS:
         e = graph.out["trial_eval"][tid]
         j = e["judge"]
-        assert e["judge_model"] == graph.out["teacher_model"]["version"]
+        assert e["judge_model"] == graph.out["teacher"]["demo"]["version"]
         grades = [json.loads(x) for x in (st.local_dir(e["dir"]) / "judge_grades.jsonl").read_text("utf-8").split("\n")
                   if x]
         # one grade record per (question, turn), each with the judge's rationale kept; unparsed ones are counted

@@ -417,6 +417,7 @@ def test_launcher_reports_through_dagster_pipes(tmp_path):
     mat = res.asset_materializations_for_node("megatron_run")[0]
     assert mat.metadata["final_loss"].value == pytest.approx(3.412345)
     assert mat.metadata["iterations"].value == 20
+    assert mat.metadata["train_seconds"].value > 0, "the job's wall time: the cluster run's GPU-hours"
     assert [r["step"] for r in mat.metadata["loss_curve"].value] == [10, 20]
     assert [(m["kind"], m["step"], m["loss"]) for m in messages] == [("iteration", 10, 3.412345),
                                                                        ("iteration", 20, 3.412345)]

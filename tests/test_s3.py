@@ -83,12 +83,16 @@ def test_assets_run_with_storage_and_input_on_s3(s3_server, tmp_path, monkeypatc
 def versions(out: dict) -> dict[str, str]:
     """{"asset" or "asset[partition]": content version} of a run_pipeline result."""
     flat = {}
-    for asset, m in out.items():
+
+    def add(name: str, m) -> None:  # nested: out["checkpoint"]["dense_1"], out["synthetic"]["qa"]["2026-11-20"]
         if isinstance(m, dict) and "version" in m:
-            flat[asset] = m["version"]
+            flat[name] = m["version"]
         elif isinstance(m, dict):
-            flat.update({f"{asset}[{pk}]": v["version"] for pk, v in m.items()
-                         if isinstance(v, dict) and "version" in v})
+            for k, v in m.items():
+                add(f"{name}[{k}]", v)
+
+    for asset, m in out.items():
+        add(asset, m)
     return flat
 
 

@@ -47,18 +47,18 @@ def test_webserver_serves_the_asset_graph_on_loopback(tmp_path):
                 time.sleep(1)
         graph = {"/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]} for n in nodes}
         assert graph["packed_dataset/web"] == {"data_mix/web", "tokenizer"}
-        assert graph["data_mix/instruct"] == {"data_mix/web", "deduplicated", "synthetic", "tokenizer"}
+        assert graph["data_mix/instruct"] == {"data_mix/web", "deduplicated", "synthetic/qa", "tokenizer"}
         assert graph["eval_perplexity/moe_1"] == {"hf_model/moe_1", "packed_dataset/web", "packed_dataset/instruct"}
         assert graph["checkpoint/moe_1"] == {"upcycled/moe_1", "packed_dataset/web", "tokenizer"}
         assert graph["upcycled/moe_1"] == {"checkpoint/dense_2"}
         assert graph["checkpoint/dense_2"] == {"checkpoint/dense_1", "packed_dataset/instruct", "tokenizer"}
         assert graph["contamination/dense_1"] == {"checkpoint/dense_1", "data_mix/web", "data_mix/instruct"}
-        assert graph["eval_judge/moe_1"] == {"hf_model/moe_1", "teacher_model", "resource/judge"}
-        assert graph["adapter"] >= {"synthetic", "data_mix/web", "hf_model/dense_2", "preference_pairs"}
-        assert graph["synthetic"] == {"deduplicated", "teacher_model", "resource/generator"}, "the teacher observed"
+        assert graph["eval_judge/moe_1"] == {"hf_model/moe_1", "teacher/demo", "resource/judge"}
+        assert graph["adapter"] >= {"synthetic/qa", "data_mix/web", "hf_model/dense_2", "preference_pairs"}
+        assert graph["synthetic/qa"] == {"deduplicated", "teacher/demo", "resource/generator"}, "the teacher observed"
         assert len(graph) == 48 and graph["frozen/packed_dataset_web"] == set(), "frozen sources from dvc.yaml"
         assert graph["deduplicated"] == {"cleaned", "corpus_snapshot"}, "staleness through the big fan-in"
-        assert graph["data_mix/web"] == {"deduplicated", "synthetic", "tokenizer", "quality_classifier",
+        assert graph["data_mix/web"] == {"deduplicated", "synthetic/qa", "tokenizer", "quality_classifier",
                                          "reference_lm"}
         # with telemetry on, Dagster creates $DAGSTER_HOME/.telemetry/id.yaml at start-up (checked by hand)
         assert not (dh / ".telemetry").exists(), "telemetry is off"

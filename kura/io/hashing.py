@@ -14,7 +14,7 @@ _CHUNK = 1 << 20
 # work was resumed. They belong in manifests and Dagster metadata, never in files hashed into a content version.
 VOLATILE_KEYS = frozenset({
     "seconds", "generation_seconds", "startup_seconds", "tokens_per_second", "ms_per_iter", "tflops_per_gpu",
-    "mfu", "gpu_hours", "uri", "teacher_uri", "weights_uri", "source_file", "generated", "resumed",
+    "mfu", "gpu_hours", "chain_gpu_hours", "uri", "teacher_uri", "weights_uri", "source_file", "generated", "resumed",
     "resumed_from", "host", "hostname", "run_id", "timestamp", "created_at",
 })
 

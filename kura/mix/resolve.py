@@ -41,9 +41,9 @@ def phase_documents(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDoc
     bucket, `perplexity(texts) -> perplexities` when it sets max_perplexity."""
     out = {}
     for s in phase.sources:
-        if s.source not in sources:
-            raise MixError(f"mix {spec.name}: phase {phase.name!r}: source {s.source!r} has no materialized data")
-        docs = [d for d in sources[s.source].docs if s.lang is None or d.get("lang") == s.lang]
+        if s.pool not in sources:
+            raise MixError(f"mix {spec.name}: phase {phase.name!r}: source {s.pool!r} has no materialized data")
+        docs = [d for d in sources[s.pool].docs if s.lang is None or d.get("lang") == s.lang]
         if s.uses_quality:
             if quality is None:
                 raise MixError(f"mix {spec.name}: phase {phase.name!r}: source {s.label!r} selects a quality "
@@ -107,7 +107,7 @@ def resolve_phase(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs]
         usable = [n for d, n in zip(docs_by_label[s.label], counts_by_label[s.label])
                   if not is_heldout(d["doc_id"], phase.heldout_fraction)]
         if s.optional and not sum(usable):
-            src = sources[s.source]
+            src = sources[s.pool]
             left_out[s.label] = (src.blocked or "it has no documents" if not src.docs
                                  else "no training documents match its selectors")
     budgets = _budgets(spec, phase, left_out)
@@ -129,7 +129,7 @@ def resolve_phase(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs]
         available = sum(n for _, n in train)
         where = f"mix {spec.name}: phase {phase.name!r}: source {s.label!r}"
         if target > 0 and available == 0:
-            why = f" ({sources[s.source].blocked})" if sources[s.source].blocked else ""
+            why = f" ({sources[s.pool].blocked})" if sources[s.pool].blocked else ""
             raise MixError(f"{where} has a budget of {target} tokens but no training documents{why}; give it data, "
                            f"or declare it `optional: true` to train this phase without it")
         if available and target / available > s.max_epochs + 1e-9:
@@ -141,11 +141,11 @@ def resolve_phase(spec: MixSpec, phase: MixPhase, sources: dict[str, SourceDocs]
         rows += [{"source": s.label, "doc_id": d["doc_id"], "lang": d.get("lang") or "", "split": "train",
                   "epoch": e, "n_tokens": n} for d, n, e in picked]
         summary["sources"][s.label] = {
-            "asset": s.source, "weight": s.weight, "budget_tokens": target, "lang": s.lang,
+            "asset": s.pool, "weight": s.weight, "budget_tokens": target, "lang": s.lang,
             "quality_bucket": [s.min_quality, s.max_quality] if s.uses_quality else None,
             "max_perplexity": s.max_perplexity, "max_perplexity_quantile": s.max_perplexity_quantile,
             "chat_template": s.chat_template, "loss_mask": s.loss_mask,
-            "upstream_versions": sources[s.source].versions, "documents_available": len(docs),
+            "upstream_versions": sources[s.pool].versions, "documents_available": len(docs),
             "train_tokens_available": available, "tokens_selected": taken,
             "epochs": round(taken / available, 3) if available else 0.0,
             "heldout_documents": len(held), "heldout_tokens": sum(n for _, n in held)}

@@ -34,7 +34,15 @@ class ChatTemplate(BaseModel):
 class MixSource(BaseModel):
     """One source of a phase."""
 
-    source: str = Field(description="Asset key of the source (deduplicated, synthetic).")
+    source: str = Field(description="What to draw from: deduplicated (the corpus), synthetic/<dataset> (one named "
+                                    "synthetic dataset), or synthetic (every dataset, or those the selectors "
+                                    "recipe / teacher / tags / days pick).")
+    recipe: list[str] | None = Field(None, description="source synthetic: only datasets of these recipe kinds.")
+    teacher: list[str] | None = Field(None, description="source synthetic: only datasets written by these teachers.")
+    tags: list[str] | None = Field(None, description="source synthetic: only datasets with one of these tags.")
+    days: tuple[str, str] | None = Field(None, description="source synthetic or synthetic/<dataset>: only day shards "
+                                                           "from the first to the last date given (inclusive, "
+                                                           "YYYY-MM-DD).")
     weight: float | None = Field(None, ge=0, description="Share of the phase's source tokens (with total_tokens).")
     tokens: int | None = Field(None, gt=0, description="Absolute token budget (instead of a weight).")
     lang: str | None = Field(None, description="Only documents of this language (ja, en); all when omitted.")
@@ -70,7 +78,17 @@ class MixSource(BaseModel):
             q += f"[ppl<={self.max_perplexity:g}]"
         if self.max_perplexity_quantile is not None:
             q += f"[ppl<=p{self.max_perplexity_quantile:g}]"
-        return self.source + (f"[{self.lang}]" if self.lang else "") + q
+        return self.pool + (f"[{self.lang}]" if self.lang else "") + q
+
+    @property
+    def selector(self) -> dict:
+        return {k: v for k in ("recipe", "teacher", "tags", "days") if (v := getattr(self, k)) is not None}
+
+    @property
+    def pool(self) -> str:
+        """The documents this source draws from before language and quality cuts: the source plus its selector."""
+        sel = ",".join(f"{k}={'..'.join(v) if k == 'days' else '|'.join(v)}" for k, v in self.selector.items())
+        return self.source + (f"{{{sel}}}" if sel else "")
 
     @property
     def uses_quality(self) -> bool:
@@ -89,6 +107,13 @@ class MixSource(BaseModel):
             raise ValueError(f"source {self.label!r}: min_quality must be below max_quality")
         if self.loss_mask == "assistant_only" and not self.chat_template:
             raise ValueError(f"source {self.label!r}: loss_mask assistant_only needs a chat_template")
+        if any(k != "days" for k in self.selector) and self.source != "synthetic":
+            raise ValueError(f"source {self.source!r}: recipe / teacher / tags select among synthetic datasets; "
+                             f"use them with source: synthetic")
+        if self.days is not None and not self.source.startswith("synthetic"):
+            raise ValueError(f"source {self.source!r}: days selects synthetic day shards")
+        if self.days is not None and self.days[0] > self.days[1]:
+            raise ValueError(f"source {self.label!r}: days {self.days[0]}..{self.days[1]} is an empty range")
         return self
 
 

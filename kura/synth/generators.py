@@ -28,6 +28,15 @@ class SamplingConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    top_k: int = -1
+    """Sample among the k most likely tokens (-1: all)."""
+    repetition_penalty: float = 1.0
+    """> 1 discourages repeating tokens (vLLM / transformers semantics; 1: off)."""
+
+    def extra_body(self) -> dict:
+        """The vLLM-specific sampling fields an OpenAI-compatible request carries when they are set."""
+        return {**({"top_k": self.top_k} if self.top_k != -1 else {}),
+                **({"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {})}
 
 
 @dataclass
@@ -93,6 +102,8 @@ class VllmGenerator(Generator):
     dtype: str = "float32"
     enforce_eager: bool = True
     timeout_s: float = 600.0
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
     name = "vllm"
 
     def request(self, prompts: list[str], sampling: SamplingConfig, choices: list[str] | None = None) -> dict:
@@ -100,6 +111,8 @@ class VllmGenerator(Generator):
         vLLM's structured outputs (guided choice)."""
         r = {"model": self.model_dir, "prompts": prompts, "max_model_len": self.max_model_len,
              "dtype": self.dtype, "enforce_eager": self.enforce_eager, "sampling": sampling.__dict__}
+        if self.tensor_parallel_size * self.pipeline_parallel_size > 1:  # a teacher split over several GPUs
+            r.update(tensor_parallel_size=self.tensor_parallel_size, pipeline_parallel_size=self.pipeline_parallel_size)
         return {**r, "choices": list(choices)} if choices else r
 
     @staticmethod
@@ -151,7 +164,10 @@ class TransformersGenerator(Generator):
             enc = tok(prompts[i:i + self.batch_size], return_tensors="pt", padding=True)
             kw = dict(max_new_tokens=sampling.max_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
             if sampling.temperature > 0:
-                kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+                kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                          **({"top_k": sampling.top_k} if sampling.top_k > 0 else {}))
+            if sampling.repetition_penalty != 1.0:
+                kw["repetition_penalty"] = sampling.repetition_penalty
             else:
                 kw.update(do_sample=False)
             with torch.no_grad():
@@ -251,7 +267,9 @@ class OpenAICompatibleGenerator(Generator):
     api: str = "completions"
     """How a judge talks to it: "completions" (a prompt rendered with kura's chat template) or "chat" (messages
     through /v1/chat/completions, rendered by the server with the model's own chat template: instruction-tuned and
-    GPT-4-class judges). `generate` always uses the completions API; `chat` the chat API."""
+    GPT-4-class judges). `generate` uses the completions API unless `chat_prompts`; `chat` the chat API."""
+    chat_prompts: bool = False
+    """A teacher spoken to through the chat API: `generate` sends each prompt as one user message."""
     name = "openai"
 
     def _call(self, request):
@@ -289,13 +307,16 @@ class OpenAICompatibleGenerator(Generator):
         return res, time.perf_counter() - t0
 
     def generate(self, prompts: list[str], sampling: SamplingConfig, extra: dict | None = None) -> GenerationResult:
+        if self.chat_prompts and extra is None:  # an instruction-tuned teacher: its own template, on the server
+            return self.chat([[{"role": "user", "content": p}] for p in prompts], sampling)
         client = self._client()
 
         def one(prompt):
             def request():
                 r = client.completions.create(model=self.model, prompt=prompt, max_tokens=sampling.max_tokens,
                                               temperature=sampling.temperature, top_p=sampling.top_p,
-                                              seed=request_seed(sampling.seed, prompt), extra_body=extra)
+                                              seed=request_seed(sampling.seed, prompt),
+                                              extra_body={**sampling.extra_body(), **(extra or {})} or None)
                 return (r.choices[0].text, r.usage.prompt_tokens, r.usage.completion_tokens,
                         r.choices[0].finish_reason or "stop")
             return self._call(request)
@@ -315,7 +336,8 @@ class OpenAICompatibleGenerator(Generator):
             def request():
                 r = client.chat.completions.create(model=self.model, messages=msgs, max_tokens=sampling.max_tokens,
                                                    temperature=sampling.temperature, top_p=sampling.top_p,
-                                                   seed=request_seed(sampling.seed, key), extra_body=extra)
+                                                   seed=request_seed(sampling.seed, key),
+                                                   extra_body={**sampling.extra_body(), **(extra or {})} or None)
                 u = r.usage
                 return (r.choices[0].message.content or "", u.prompt_tokens if u else 0,
                         u.completion_tokens if u else 0, r.choices[0].finish_reason or "stop")

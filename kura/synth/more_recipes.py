@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from kura.io.hashing import stable_hash
-from kura.synth.recipes import QADialogueRecipe
+from kura.synth.recipes import QADialogueRecipe, recipe_kind
 
 
 class RecipeBase(BaseModel):
@@ -39,6 +39,7 @@ class RecipeBase(BaseModel):
 _EN = re.compile(r"^\s*(English|英訳)\s*[:：]\s*", re.M)
 
 
+@recipe_kind("rewrite")
 class RewriteRecipe(RecipeBase):
     """Rewrite a web document as a textbook passage or a two-person dialogue, dropping ads and noise; optionally
     followed by an English translation, kept in the same record as a second exchange."""
@@ -99,6 +100,7 @@ class RewriteRecipe(RecipeBase):
 _QA_N = re.compile(r"^\s*(Q|A|質問|回答)\s*([12])\s*[:：]\s*(.*)$")
 
 
+@recipe_kind("instruct_seeds")
 class InstructFromSeedsRecipe(RecipeBase):
     """Multi-turn instructions from seed topics: question 1, answer 1, a follow-up question 2, answer 2."""
 
@@ -156,6 +158,7 @@ class InstructFromSeedsRecipe(RecipeBase):
         return f"質問1: {text}とは何ですか。\n回答1: {a1}\n質問2: どう学べばよいですか。\n回答2: {a2}\n"
 
 
+@recipe_kind("reanswer")
 class ReAnswerRecipe(RecipeBase):
     """Regenerate answers to an existing instruction dataset's questions (a JSONL file of {"question": …})."""
 
@@ -199,6 +202,7 @@ class ReAnswerRecipe(RecipeBase):
         return f" {text.rstrip('？?')}については、基本から順に説明します。\n"
 
 
+@recipe_kind("problems")
 class ProblemsRecipe(RecipeBase):
     """Specialized data: math, logic and code-reading problems generated with their answers; the teacher writes
     a worked solution ending in `答え: X`, which must equal the known answer (`wrong_answer` otherwise)."""

@@ -12,10 +12,20 @@ import re
 from pydantic import BaseModel, Field
 
 from kura.io.hashing import stable_hash
+from kura.registry import Registry
+
+# recipe kinds by name: a dataset spec's `recipe:` names one, its `params:` are the class's fields
+RECIPES: Registry = Registry("recipe kind")
+
+
+def recipe_kind(name: str):
+    """Register a recipe class (a pydantic model with render/parse/validate/sources) under a kind name."""
+    return RECIPES.register(name)
 
 _TURN = re.compile(r"^(Q|A|質問|回答)\s*[:：]\s*(.*)$")
 
 
+@recipe_kind("qa_dialogue")
 class QADialogueRecipe(BaseModel):
     """Rewrite a document as a question/answer dialogue."""
 

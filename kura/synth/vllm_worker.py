@@ -80,7 +80,8 @@ def _run(req_uri: str, out_uri: str, pipes) -> None:
     t0 = time.perf_counter()
     llm = LLM(model=fetch_model(req["model"]), dtype=req["dtype"], max_model_len=req["max_model_len"],
               enforce_eager=req["enforce_eager"], gpu_memory_utilization=req.get("gpu_memory_utilization", 0.5),
-              seed=req["sampling"]["seed"])
+              seed=req["sampling"]["seed"], tensor_parallel_size=req.get("tensor_parallel_size", 1),
+              pipeline_parallel_size=req.get("pipeline_parallel_size", 1))
     startup = time.perf_counter() - t0
     say(f"kura.synth.vllm_worker: engine ready in {startup:.1f} s (vLLM {vllm.__version__})")
     s = req["sampling"]
@@ -90,7 +91,7 @@ def _run(req_uri: str, out_uri: str, pipes) -> None:
 
         guided = {"structured_outputs": StructuredOutputsParams(choice=list(req["choices"]))}
     params = SamplingParams(max_tokens=s["max_tokens"], temperature=s["temperature"], top_p=s["top_p"], seed=s["seed"],
-                            **guided)
+                            top_k=s.get("top_k", -1), repetition_penalty=s.get("repetition_penalty", 1.0), **guided)
     t1 = time.perf_counter()
     outs = llm.generate(req["prompts"], params, use_tqdm=False)
     seconds = time.perf_counter() - t1

@@ -23,6 +23,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -185,6 +186,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from dagster_pipes import open_dagster_pipes
 
         pipes = open_dagster_pipes()
+    t0 = time.perf_counter()
     proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
 
     def report(rec):
@@ -203,6 +205,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             pipes.report_asset_materialization(metadata={
                 "final_loss": last.get("loss"), "iterations": last.get("step"),
                 "tflops_per_gpu": last.get("tflops_per_gpu"), "checkpoint": args.save,
+                "train_seconds": round(time.perf_counter() - t0, 1),  # wall time of the job (rank 0's view)
                 **({"weights_uri": args.export, "converted_from": exported["converted_from"]} if exported else {}),
                 "loss_curve": {"raw_value": [{k: r.get(k) for k in ("step", "loss", "lr", "grad_norm")}
                                              for r in out["curve"]], "type": "json"}})
