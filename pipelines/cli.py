@@ -192,6 +192,10 @@ def demo(args) -> int:
         print(f"  checkpoint/{run:<9s}: {' → '.join(ck['lineage']['chain'])}; {st['parameters']} params, "
               f"{st['iterations']} steps, loss {st['first_loss']} -> {st['final_loss']}, "
               f"{st['tokens_per_second']:.0f} tok/s{extra}")
+        r = ck["lineage"].get("rollup")
+        if r:
+            print(f"    along its chain: {r['tokens']} tokens, {r['synthetic_tokens']} synthetic "
+                  f"({r['synthetic_share']:.1%}); GPU-hours {ck.get('chain_gpu_hours')}")
     for run, ev in sorted(evs.items(), key=lambda kv: list(cks).index(kv[0])):
         ppls = ", ".join(f"{phase}/{lang} {v['perplexity']}" for phase, langs in ev["perplexity"].items()
                          for lang, v in langs.items())
