@@ -146,7 +146,8 @@ def test_editing_one_spec_changes_only_its_code_version(tmp_path):
     teachers = shutil.copytree(PIPELINES_DIR / "teachers", tmp_path / "teachers", ignore=shutil.ignore_patterns("ex*"))
 
     def versions():
-        s = Settings(home=tmp_path / "home", synthetic_dir=syn, teachers_dir=teachers)
+        s = Settings(home=tmp_path / "home", synthetic_dir=syn, teachers_dir=teachers,
+                     mix_file=PIPELINES_DIR / "mixes" / "default.yaml")
         graph = build_definitions(s).resolve_asset_graph()
         return {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()
                 if graph.get(k).is_materializable}
