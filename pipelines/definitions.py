@@ -29,7 +29,7 @@ from assets.evaluation import build_evaluation_assets
 from assets.posttrain import build_post_training_assets
 from assets.pretrain import build_pretraining_assets
 from pipelines.settings import Settings
-from kura.synth.spec import SpecError, load_datasets, load_teachers
+from kura.synth.spec import SpecError, check_runs, load_datasets, load_teachers
 from kura.train.spec import load_run_specs
 from kura.train.trials import load_post_training
 from kura.io.layout import LAYOUT
@@ -229,7 +229,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     mix = load_mix_spec(s.mix_file, datasets)
     phases = [p.name for p in mix.phases]
     runs = load_run_specs(s.runs_dir, phases)
-    teachers = load_teachers(s.teachers_dir, {r.name for r in runs})  # now that the runs are known
+    check_runs(teachers, {r.name for r in runs})  # kura_run teachers, now that the runs are known
     judge = teachers.get(s.judge_teacher)
     if judge is None or judge.kind == "endpoint":
         raise SpecError(f"KURA_JUDGE_TEACHER={s.judge_teacher!r}: the local judge must be a teacher spec in "

@@ -160,9 +160,16 @@ def load_teachers(folder: str | Path, runs: set[str] | None = None,
             if not (d / "config.json").is_file() or not any((d / w).is_file() for w in WEIGHT_FILES):
                 raise SpecError(f"teacher spec {t.source_file}: path: {d} holds no Hugging Face model (needs "
                                 f"config.json and one of {', '.join(WEIGHT_FILES)})")
-        if t.kind == "kura_run" and runs is not None and t.run not in runs:
-            raise SpecError(f"teacher spec {t.source_file}: run: {t.run!r} names no run spec ({sorted(runs)})")
+    if runs is not None:
+        check_runs(teachers, runs)
     return teachers
+
+
+def check_runs(teachers: dict[str, TeacherSpec], runs: set[str]) -> None:
+    """A kura_run teacher must name a run spec (known only once the mix and runs are loaded)."""
+    for t in teachers.values():
+        if t.kind == "kura_run" and t.run not in runs:
+            raise SpecError(f"teacher spec {t.source_file}: run: {t.run!r} names no run spec ({sorted(runs)})")
 
 
 def load_datasets(folder: str | Path, teachers: dict[str, TeacherSpec]) -> dict[str, DatasetSpec]:
