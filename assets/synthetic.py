@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
-import pyarrow as pa
 
 import kura.synth.checks as checks
 import kura.synth.shard as shard
@@ -25,12 +24,6 @@ from kura.synth.spec import DatasetSpec, TeacherSpec, endpoint_generator, endpoi
 from resources import GeneratorResource, StorageResource
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date="2026-11-01", end_offset=0)
-
-SYN_SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("text", pa.string()),
-                        ("lang", pa.string()), ("source_doc_id", pa.string()), ("turns", pa.string()),
-                        ("prompt", pa.string()), ("completion", pa.string())])
-SYN_QUARANTINE = pa.schema([("source_doc_id", pa.string()), ("reason", pa.string()), ("prompt", pa.string()),
-                            ("completion", pa.string())])
 
 
 def teacher_key(name: str) -> dg.AssetKey:
@@ -210,8 +203,8 @@ def generate_day(context: dg.AssetExecutionContext, spec: DatasetSpec, deduplica
         out = shard.generate_shard(picked, recipe, gen, sampling, pk, log=log, model_id=teacher["version"],
                                    checks=spec.checks, batch_size=spec.batch_size)
         kept, bad, reasons, res = out.kept, out.rejected, out.reasons, out.generation
-        write_parquet(stage / "records.parquet", kept, SYN_SCHEMA)
-        write_parquet(stage / "quarantine.parquet", bad, SYN_QUARANTINE)
+        write_parquet(stage / "records.parquet", kept, shard.RECORD_SCHEMA)
+        write_parquet(stage / "quarantine.parquet", bad, shard.QUARANTINE_SCHEMA)
         rate = checks.reject_rate(len(picked), reasons)
         info = {"dataset": spec.name, "day": day, "recipe_kind": spec.recipe, "prompts": len(picked), "kept": len(kept),
                 "rejected": len(bad), "rejected_by_reason": dict(reasons), "teacher": teacher["version"],

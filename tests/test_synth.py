@@ -95,6 +95,11 @@ def test_openai_backend_against_a_real_vllm_server(graph, vllm_server, monkeypat
     same = sum(a.strip() == r["completion"].strip() for a, r in zip(out.completions, recs))
     assert same >= len(recs) - 1, (out.completions, [r["completion"] for r in recs])
     assert out.completion_tokens > 0 and out.prompt_tokens > 0 and len(out.finish_reasons) == len(recs)
+    # the chat API, with the template the trained teacher saves (its own prompt + completion format), sends the
+    # model what the completions API does: the same greedy completions
+    chat = OpenAICompatibleGenerator(vllm_server, "teacher", api="chat", chat_prompts=True, max_concurrency=4)
+    via_chat = chat.generate([r["prompt"] for r in recs], SamplingConfig(max_tokens=64))
+    assert sum(a.strip() == b.strip() for a, b in zip(via_chat.completions, out.completions)) >= len(recs) - 1
     dead = OpenAICompatibleGenerator("http://127.0.0.1:9/v1", "teacher", max_retries=1, timeout_s=2)
     with pytest.raises(Exception, match="(?i)connect"):
         dead.generate(["x"], SamplingConfig(max_tokens=4))
@@ -246,6 +251,54 @@ def test_endpoint_teacher_spec_writes_a_dataset_with_its_identity_in_the_lineage
     while err is not None:  # Dagster's step error wraps the one kura raised
         msg, err = msg + err.message, err.cause
     assert "the endpoint http://127.0.0.1:9/v1 did not answer" in msg and "start the server" in msg, msg
+
+
+@pytest.mark.slow
+def test_chain_dataset_through_a_real_vllm_chat_teacher(graph, vllm_server, tmp_path, monkeypatch):
+    """A `chain` dataset (four calls per record, each prompt built from the earlier outputs) generated through the
+    Dagster asset by vLLM's server over the chat API: every record is accounted for, later calls were sent only for
+    records whose earlier calls cleaned, each kept record carries its four calls, and every call is in the
+    shard's request log (so a rerun sends nothing)."""
+    import dagster as dg
+    import yaml
+
+    from kura.synth.requestlog import RequestLog
+    from pipelines.definitions import build_definitions
+    from tests.conftest import TINY_DATASET, TINY_TEACHER
+
+    remote = {"kind": "endpoint", "model": "teacher", "base_url_env": "KURA_TEST_REMOTE_URL", "api": "chat"}
+    chain = {"recipe": "chain", "teacher": "remote", "prompts_per_day": 6, "sampling": {"max_tokens": 96},
+             "params": {"report_call": None, "require_question": False, "min_chars": 1},
+             "checks": {"max_reject_rate": 1.0, "checks": ["refusal"]}}
+    for sub, specs in (("teachers", {"demo": TINY_TEACHER, "remote": remote}),
+                       ("synthetic", {"qa": TINY_DATASET, "chain": chain})):
+        (tmp_path / sub).mkdir()
+        for name, spec in specs.items():
+            (tmp_path / sub / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+        monkeypatch.setenv(f"KURA_{sub.upper()}_DIR", str(tmp_path / sub))
+    monkeypatch.setenv("KURA_TEST_REMOTE_URL", vllm_server)
+    defs = build_definitions()
+    inst = dg.DagsterInstance.ephemeral()
+
+    def run(key: str, **kw):
+        return dg.materialize(list(defs.assets), selection=[dg.AssetKey.from_user_string(key)], instance=inst,
+                              resources=defs.resources, **kw)
+
+    run("teacher/remote")
+    shard = run("synthetic/chain", partition_key=graph.day).output_for_node("synthetic__chain")
+    assert shard["prompts"] == 6 and shard["kept"] + shard["rejected"] == 6
+    root = Path(shard["uri"])
+    assert shard["generated"] > 6, pq.read_table(root / "quarantine.parquet").to_pylist()
+    kept = pq.read_table(root / "records.parquet").to_pylist()
+    for r in kept:
+        calls = json.loads(r["meta"])["calls"]
+        turns = json.loads(r["turns"])
+        assert len(calls) == 4 and [t["role"] for t in turns] == ["user", "assistant"] * 2
+        assert turns[0]["content"] in calls[1]["prompt"], "the answer call was sent the problem call's output"
+    logs = list(graph.home.rglob(f"_requests/synthetic/chain|{graph.day}-*.jsonl"))
+    assert len(logs) == 1 and len(RequestLog(logs[0]).done) == shard["generated"]
+    again = run("synthetic/chain", partition_key=graph.day).output_for_node("synthetic__chain")
+    assert again["kept"] == shard["kept"]
 
 
 @pytest.mark.slow

@@ -30,7 +30,8 @@ def test_shipped_specs_and_examples_load():
     assert {d.teacher for d in datasets.values()} == {"demo", "demo_small"}, "the demo shows two teachers"
     ex_teachers = load_teachers(PIPELINES_DIR / "teachers" / "examples", check_folders=False)
     examples = load_datasets(PIPELINES_DIR / "synthetic" / "examples", ex_teachers)
-    assert {d.recipe for d in examples.values()} == {"rewrite", "problems", "instruct_seeds", "reanswer"}
+    assert {d.recipe for d in examples.values()} == {"rewrite", "problems", "instruct_seeds", "reanswer", "chain",
+                                                     "conversation", "translate", "similar_problems"}
     calm3 = ex_teachers["calm3"]
     assert calm3.kind == "endpoint" and calm3.api == "chat" and calm3.gpus == 2
     assert "api_key_env" not in calm3.identity() and "concurrency" not in calm3.identity()
@@ -47,6 +48,8 @@ def test_shipped_specs_and_examples_load():
     ({"kind": "trained"}, {"recipe": "haiku", "teacher": "t"}, r"d\.yaml: recipe: unknown kind 'haiku' \(known: "),
     ({"kind": "trained"}, {"recipe": "rewrite", "teacher": "t", "params": {"style": "poem"}},
      r"d\.yaml: params\.style: Input should be 'textbook' or 'dialogue'"),
+    ({"kind": "trained"}, {"recipe": "chain", "teacher": "t", "params": {"topix": ["a"]}},
+     r"d\.yaml: params\.topix: Extra inputs are not permitted"),
     ({"kind": "trained"}, {"recipe": "qa_dialogue", "teacher": "t", "sampling": {"temprature": 1}},
      r"d\.yaml: sampling\.temprature"),
 ])

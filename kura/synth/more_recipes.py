@@ -17,13 +17,15 @@ import random
 import re
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kura.io.hashing import stable_hash
 from kura.synth.recipes import QADialogueRecipe, recipe_kind
 
 
 class RecipeBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt param in a dataset spec is refused, not ignored
+
     name: str = "base"
 
     def template_hash(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from kura.io.hashing import stable_hash
 from kura.registry import Registry
@@ -28,6 +28,8 @@ _TURN = re.compile(r"^(Q|A|質問|回答)\s*[:：]\s*(.*)$")
 @recipe_kind("qa_dialogue")
 class QADialogueRecipe(BaseModel):
     """Rewrite a document as a question/answer dialogue."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt param in a dataset spec is refused, not ignored
 
     name: str = Field("qa_dialogue", description="Recipe name, recorded in every record.")
     template_ja: str = Field("文章:\n{document}\n質問と回答に書き換えてください。\n",

@@ -22,6 +22,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+import kura.synth.chains  # noqa: F401 - registers its recipe kinds
 import kura.synth.more_recipes  # noqa: F401 - registers its recipe kinds
 from kura.synth.checks import OutputChecks
 from kura.synth.generators import SamplingConfig

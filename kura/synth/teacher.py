@@ -46,6 +46,13 @@ class TeacherConfig(BaseModel):
         return self
 
 
+# The teacher learned plain `prompt + completion` text, so its chat template is that format: a conversation is its
+# turns' contents in order (an assistant turn closed by </s>). Served by vLLM, the chat API then sends the model
+# exactly what the completions API would, as an instruction-tuned teacher's own template does for it.
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}"
+                 "{% endif %}{% endfor %}")
+
+
 def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -57,6 +64,7 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out_dir)
     return fast
 
