@@ -17,6 +17,7 @@ import kura.mix.spec as spec_mod
 import kura.pack.megatron as packing
 from assets._common import kura_asset, output, read_parquet, run_versioned, write_json, write_parquet
 from assets.automation import EAGER, ON_EDIT_OR_EAGER
+from assets.human import human_inputs, human_ins, human_rows
 from assets.synthetic import merge_synthetic, synthetic_ins
 from assets.tokenizer import corpus_rows, synthetic_rows
 from kura.synth.spec import DatasetSpec, select_datasets
@@ -43,11 +44,13 @@ def packed_key(phase: str) -> dg.AssetKey:
     return dg.AssetKey(["packed_dataset", phase])
 
 
-def load_mix_spec(spec_path: str | Path, datasets: dict[str, DatasetSpec]) -> spec_mod.MixSpec:
-    """Load and validate a mix YAML against the synthetic dataset specs; a bad mix (an unknown source or dataset, a
-    selector that matches no dataset) fails when the definitions load, naming the file, phase and field."""
+def load_mix_spec(spec_path: str | Path, datasets: dict[str, DatasetSpec],
+                  humans: dict | None = None) -> spec_mod.MixSpec:
+    """Load and validate a mix YAML against the synthetic and human dataset specs; a bad mix (an unknown source or
+    dataset, a selector that matches no dataset) fails when the definitions load, naming the file, phase and
+    field."""
     spec_path = Path(spec_path)
-    known = {"deduplicated", "synthetic", *(f"synthetic/{d}" for d in datasets)}
+    known = {"deduplicated", "synthetic", *(f"synthetic/{d}" for d in datasets), *(f"human/{h}" for h in humans or {})}
     mix = spec_mod.load_mix(spec_path, known_sources=known)
     for p in mix.phases:
         for i, s in enumerate(p.sources):
@@ -77,6 +80,7 @@ def source_shards(names: list[str], days: tuple[str, str] | None, shards: dict[s
 
 def build_mix_assets(spec_path: str | Path, mix: spec_mod.MixSpec,
                      datasets: dict[str, DatasetSpec]) -> list[dg.AssetsDefinition]:
+    """data_mix/<phase> and packed_dataset/<phase> per phase, and mix_report."""
     spec_path = Path(spec_path)
     assets: list[dg.AssetsDefinition] = []
     for i, phase in enumerate(mix.phases):
@@ -103,9 +107,11 @@ def _phase_version_text(mix: spec_mod.MixSpec, phase: spec_mod.MixPhase) -> str:
 
 def _mix_asset(mix, phase, file_name: str, prev: str | None, datasets) -> dg.AssetsDefinition:
     # each synthetic pool (a named dataset, or a selector over datasets) and the datasets it reads
-    pools = {s.pool: (source_datasets(s, datasets), s.days) for s in phase.sources if s.source != "deduplicated"}
+    pools = {s.pool: (source_datasets(s, datasets), s.days) for s in phase.sources
+             if s.source.startswith("synthetic")}
+    humans = sorted({s.source.split("/", 1)[1] for s in phase.sources if s.source.startswith("human/")})
     ins = {"deduplicated": dg.AssetIn("deduplicated"), "tokenizer": dg.AssetIn("tokenizer"),
-           **synthetic_ins({n for names, _ in pools.values() for n in names})}
+           **synthetic_ins({n for names, _ in pools.values() for n in names}), **human_ins(humans)}
     if prev:
         ins["previous_phase"] = dg.AssetIn(key=mix_key(prev))
     if any(s.uses_quality for s in phase.sources):
@@ -123,6 +129,7 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None, datasets) -> dg.Ass
     def _data_mix(context: dg.AssetExecutionContext, storage: StorageResource, **inputs) -> dg.Output:
         st = storage.get()
         ded, syn, tok_m = inputs["deduplicated"], merge_synthetic(inputs), inputs["tokenizer"]
+        hum = human_inputs(inputs)
         prev_m = inputs.get("previous_phase")
         qc_m = inputs.get("quality_classifier")
         lm_m = inputs.get("reference_lm")
@@ -136,6 +143,10 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None, datasets) -> dg.Ass
                 shards = source_shards(names, days, syn)
                 sources[name] = resolve.SourceDocs(name, {k: v["version"] for k, v in shards.items()},
                                                    synthetic_rows(st, shards), blocked_shards(shards))
+            for name, m in hum.items():
+                sources[f"human/{name}"] = resolve.SourceDocs(
+                    f"human/{name}", {name: m["version"]}, human_rows(st, {name: m}),
+                    "" if m.get("gate_passed", True) else f"human/{name} failed its malformed-lines check")
             pool, prev_docs = [], {}
             if prev_m:
                 pool = read_parquet(st, prev_m, "selection.parquet").to_pylist()
@@ -155,7 +166,7 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None, datasets) -> dg.Ass
             write_json(stage / "mix.json", {**spec, **summary})
             return {"summary": summary, **spec}
 
-        upstream = {"deduplicated": ded, "synthetic": syn, "tokenizer": tok_m, "previous_phase": prev_m,
+        upstream = {"deduplicated": ded, "synthetic": syn, "human": hum, "tokenizer": tok_m, "previous_phase": prev_m,
                     "quality_classifier": qc_m, "reference_lm": lm_m}
         m, reused = run_versioned(context, st, config=json.loads(_phase_version_text(mix, phase)),
                                   upstream=upstream, build=build)

@@ -34,22 +34,27 @@ from assets.evaluation import (DEFAULT_QUESTIONS, DEFAULT_TASKS, _table, _tmpl, 
                                read_text_files)
 from assets.mix import mix_key, packed_key
 from assets.pretrain import hf_key
+from assets.human import human_inputs, human_ins, human_rows
 from assets.synthetic import merge_synthetic, synthetic_ins, teacher_key
 from assets.tokenizer import synthetic_rows
+from kura.human import PAIR_SCHEMA
 from kura.io import stable_hash
 from kura.synth.generators import SamplingConfig
 from kura.train.trials import MergeSpec, TrialSpec
 from resources import GeneratorResource, StorageResource
 from resources.posttrainer import PostTrainerResource
 
-PAIRS_SCHEMA = pa.schema([("doc_id", pa.string()), ("prompt", pa.string()), ("chosen", pa.string()),
-                          ("rejected", pa.string())])
+PAIRS_SCHEMA = PAIR_SCHEMA
 
 
 def _conversations(rows: list[dict]) -> list[list[dict]]:
+    """Chat turns of each row; a system turn (human sets have them) is folded into the first user turn, as chat
+    templates without a system role do."""
     out = []
     for r in rows:
         turns = json.loads(r["turns"]) if isinstance(r.get("turns"), str) else r.get("turns")
+        if turns and turns[0]["role"] == "system" and len(turns) > 1:
+            turns = [{"role": "user", "content": f"{turns[0]['content']}\n\n{turns[1]['content']}"}, *turns[2:]]
         if turns and any(t["role"] == "assistant" for t in turns):
             out.append(turns)
     return out
@@ -98,7 +103,8 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
     if not trials:
         return []
     bases = sorted({t.base for t in trials.values()})
-    dpo_bases = sorted({t.base for t in trials.values() if t.method == "dpo"})
+    dpo_bases = sorted({t.base for t in trials.values() if t.method == "dpo" and t.preferences == "preference_pairs"})
+    humans = sorted({h for t in trials.values() for h in trials_mod.trial_humans(t)})
     replay_phase = phases[0]
     out: list = []
 
@@ -137,7 +143,10 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
 
         out.append(preference_pairs)
 
-    ins = {**synthetic_ins(datasets), "replay_mix": dg.AssetIn(key=mix_key(replay_phase))}
+    # the synthetic datasets some SFT trial reads (a DPO-only grid, or SFT on human sets only, reads none)
+    sft_datasets = sorted({d for t in trials.values() if t.method == "sft" for d in datasets
+                           if "synthetic" in t.data or f"synthetic/{d}" in t.data})
+    ins = {**synthetic_ins(sft_datasets), **human_ins(humans), "replay_mix": dg.AssetIn(key=mix_key(replay_phase))}
     ins.update({f"base_{b}": dg.AssetIn(key=hf_key(b)) for b in bases})
     if dpo_bases:
         ins["pairs"] = dg.AssetIn("preference_pairs")
@@ -150,28 +159,32 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
         tid = context.partition_key
         spec = trials[tid]
         base = inputs[f"base_{spec.base}"]
-        synthetic = merge_synthetic(inputs)
+        synthetic = trials_mod.trial_shards(spec, merge_synthetic(inputs))
+        hum = {n: m for n, m in human_inputs(inputs).items() if n in trials_mod.trial_humans(spec)}
         tmpl = _tmpl(templates, spec.chat_template)
-        upstream = {"base": base, "replay_mix": inputs["replay_mix"],
-                    "data": inputs["pairs"] if spec.method == "dpo" else synthetic}
+        if spec.method == "dpo":
+            data = inputs["pairs"] if spec.preferences == "preference_pairs" else hum[spec.preferences[6:]]
+        else:
+            data = {**synthetic, **{f"human/{n}": m for n, m in hum.items()}}
+        upstream = {"base": base, "replay_mix": inputs["replay_mix"], "data": data}
         work = work_dir(st, "adapter", tid, input_version_of(context, spec.model_dump(), upstream))
 
         def build(stage: Path) -> dict:
             _, tok = lora.load_base(st.local_dir(base["dir"]))
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             if spec.method == "sft":
-                convs = _conversations(synthetic_rows(st, synthetic))
+                convs = _conversations(synthetic_rows(st, synthetic) + human_rows(st, hum))
                 docs = pq.read_table(st.local_dir(inputs["replay_mix"]["dir"]) / "documents.parquet",
                                      columns=["text"]).column("text").to_pylist()
                 examples, man = lora.build_sft_data(convs, [d for d in docs if d], spec, tok, tmpl)
             else:
-                pairs = pq.read_table(st.local_dir(inputs["pairs"]["dir"]) / "pairs.parquet").to_pylist()
+                pairs = pq.read_table(st.local_dir(data["dir"]) / "pairs.parquet").to_pylist()
                 examples, man = lora.build_dpo_data(pairs, spec, tok, tmpl)
             man.update(base_model=base["version"], replay_source=f"data_mix/{replay_phase}",
                        replay_mix_version=inputs["replay_mix"]["version"],
-                       data_versions=({"preference_pairs": inputs["pairs"]["version"]} if spec.method == "dpo" else
-                                      {f"synthetic[{k}]": v["version"]
-                                       for k, v in sorted(synthetic.items())}))
+                       data_versions=({spec.preferences: data["version"]} if spec.method == "dpo" else
+                                      {(k if k.startswith("human/") else f"synthetic[{k}]"): v["version"]
+                                       for k, v in sorted(data.items())}))
             _write_training_texts(stage / "training_texts.jsonl", examples, tok)
             stats = post_trainer.train(context, st, spec, base["dir"], stage, examples=examples, pad_id=pad,
                                        manifest=man, work_dir=work)

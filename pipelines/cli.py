@@ -94,7 +94,8 @@ def run_pipeline(instance, defs, day: str | None = None, log=print, ops_config: 
     steps = [("curate_job", None), ("synthetic_job", syn_pk), ("model_job", None)]
     if "post_training_job" in {j.name for j in defs.jobs}:
         trials = defs.resolve_job_def("post_training_job").partitions_def.get_partition_keys()
-        steps += [("preference_data_job", None), *(("post_training_job", t) for t in trials),
+        pairs = [("preference_data_job", None)] if "preference_data_job" in {j.name for j in defs.jobs} else []
+        steps += [*pairs, *(("post_training_job", t) for t in trials),
                   ("post_training_summary_job", None)]
     out["left_out"] = []
     for job, pk in steps:

@@ -21,6 +21,7 @@ from assets.arena_votes import arena_votes, arena_votes_sensor
 from assets.corpus import cleaned, corpus_partitions, corpus_snapshot, deduplicated, raw_corpus
 from assets.frozen import frozen_dataset
 from assets.models_in_use import resource_observations
+from assets.human import build_human_dataset
 from assets.mix import build_mix_assets, load_mix_spec
 from assets.quality import quality_classifier, quality_examples, reference_lm
 from assets.synthetic import build_synthetic_assets, daily_partitions
@@ -29,9 +30,10 @@ from assets.evaluation import build_evaluation_assets
 from assets.posttrain import build_post_training_assets
 from assets.pretrain import build_pretraining_assets
 from pipelines.settings import Settings
+from kura.human import load_human
 from kura.synth.spec import SpecError, check_runs, load_datasets, load_teachers
 from kura.train.spec import load_run_specs
-from kura.train.trials import load_post_training
+from kura.train.trials import check_trial_data, load_post_training
 from kura.io.layout import LAYOUT
 from resources import ArenaStoreResource, CorpusResource, GeneratorResource, ManifestIOManager, StorageResource
 from resources.posttrainer import PostTrainerResource
@@ -39,7 +41,7 @@ from resources.trainer import TrainerResource
 
 INGEST = ["raw_corpus", "cleaned"]
 CURATE = dg.AssetSelection.assets("deduplicated", "quality_examples", "quality_classifier", "reference_lm") | \
-    dg.AssetSelection.key_prefixes(["teacher"])
+    dg.AssetSelection.key_prefixes(["teacher"], ["human"])
 SYNTH = dg.AssetSelection.key_prefixes(["synthetic"])
 MODEL = dg.AssetSelection.assets("tokenizer", "mix_report") | \
     dg.AssetSelection.key_prefixes(["data_mix"], ["packed_dataset"], ["checkpoint"], ["upcycled"], ["hf_model"],
@@ -226,7 +228,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     s = settings or Settings.from_env()
     teachers = load_teachers(s.teachers_dir)
     datasets = load_datasets(s.synthetic_dir, teachers)
-    mix = load_mix_spec(s.mix_file, datasets)
+    humans = load_human(s.human_dir, REPO_ROOT)
+    mix = load_mix_spec(s.mix_file, datasets, humans)
     phases = [p.name for p in mix.phases]
     runs = load_run_specs(s.runs_dir, phases)
     check_runs(teachers, {r.name for r in runs})  # kura_run teachers, now that the runs are known
@@ -236,6 +239,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                         f"{s.teachers_dir} with a local model (trained, hf_folder or kura_run); teachers: "
                         f"{', '.join(f'{t.name} ({t.kind})' for t in teachers.values()) or 'none'}")
     trials, merges = load_post_training(s.post_training_dir, [r.name for r in runs])
+    check_trial_data(trials, datasets, humans)
+    builds_pairs = any(t.method == "dpo" and t.preferences == "preference_pairs" for t in trials.values())
     templates = {k: v.model_dump() for k, v in mix.chat_templates.items()}
     trial_parts = dg.StaticPartitionsDefinition(sorted(trials)) if trials else None
     post_jobs = [
@@ -244,13 +249,15 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                                         "over the trial partitions runs the missing ones."),
         dg.define_asset_job("post_training_summary_job", selection=POST_SUMMARY,
                             description="Trial leaderboard and model merges, once the trials exist."),
-        dg.define_asset_job("preference_data_job", selection=["preference_pairs"],
-                            description="DPO preference pairs (teacher answer vs base model sample)."),
+        *([dg.define_asset_job("preference_data_job", selection=["preference_pairs"],
+                               description="DPO preference pairs (teacher answer vs base model sample).")]
+          if builds_pairs else []),
     ] if trials else []
     return dg.Definitions(
         assets=[raw_corpus, cleaned, corpus_snapshot, deduplicated, quality_examples, quality_classifier,
                 reference_lm,
                 *build_synthetic_assets(teachers, datasets),
+                *(build_human_dataset(h, REPO_ROOT) for h in humans.values()),
                 build_tokenizer(datasets),
                 *build_mix_assets(s.mix_file, mix, datasets),
                 *build_pretraining_assets(runs, phases),

@@ -47,7 +47,9 @@ TINY_MIX = {"name": "tiny", "phases": [
                  {"source": "synthetic/qa", "weight": 0.03, "max_epochs": 8}]},
     {"name": "instruct", "sequence_length": 128, "replay_fraction": 0.2, "heldout_fraction": 0.1,
      "sources": [{"source": "synthetic", "recipe": ["qa_dialogue"], "tokens": 3000, "max_epochs": 8,
-                  "chat_template": "plain", "loss_mask": "assistant_only"}]},
+                  "chat_template": "plain", "loss_mask": "assistant_only"},
+                 {"source": "human/ja_instruct", "tokens": 600, "max_epochs": 8, "chat_template": "plain",
+                  "loss_mask": "assistant_only"}]},
 ]}
 # the whole-graph test's teacher and dataset specs (the demo's have bigger budgets and a second teacher)
 TINY_TEACHER = {"kind": "trained", "licence": "apache-2.0", "train": {"steps": 400}, "max_examples": 500}

@@ -102,6 +102,9 @@ def test_replay_and_preference_data_are_in_the_manifests(graph):
         assert d["replay_requested"] == 0.2 and d["replay_examples"] > 0
         assert abs(d["replay_share"] - 0.2) < 0.05 and d["replay_source"] == "data_mix/web"
         assert d["replay_mix_version"] == graph.out["data_mix"]["web"]["version"]
+        assert d["data_versions"]["human/ja_instruct"] == graph.out["human"]["ja_instruct"]["version"], \
+            "the trial's spec adds the hand-written set to the synthetic conversations"
+        assert any(k.startswith("synthetic[") for k in d["data_versions"])
     pairs = graph.out["preference_pairs"]
     assert pairs["pairs"] > 0 and pairs["rejected_model"] == graph.out["hf_model"]["dense_2"]["version"]
     for t in ("dpo-beta0.1", "dpo-beta0.5"):

@@ -149,6 +149,11 @@ def _load(folder: Path, cls, what: str) -> dict:
     return specs
 
 
+def load_spec_folder(folder: Path, cls, what: str) -> dict:
+    """Every `*.yaml` of a folder as a `cls` (name = file stem unless given); errors name file and field."""
+    return _load(folder, cls, what)
+
+
 def load_teachers(folder: str | Path, runs: set[str] | None = None,
                   check_folders: bool = True) -> dict[str, TeacherSpec]:
     """All teacher specs of a folder; a local folder without weights or a run that does not exist is refused."""

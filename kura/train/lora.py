@@ -73,7 +73,7 @@ def build_dpo_data(pairs: list[dict], spec: TrialSpec, tok, tmpl: tuple[str, str
     rng.shuffle(pairs)
     out = []
     for p in pairs[:spec.max_examples]:
-        user = [{"role": "user", "content": p["prompt"]}]
+        user = json.loads(p["prompt_turns"]) if p.get("prompt_turns") else [{"role": "user", "content": p["prompt"]}]
         c = render_chat(user + [{"role": "assistant", "content": p["chosen"]}], tmpl, tok, spec.max_length)
         r = render_chat(user + [{"role": "assistant", "content": p["rejected"]}], tmpl, tok, spec.max_length)
         out.append((*c, *r))

@@ -57,6 +57,13 @@ class TrialSpec(_Strict):
     replay_fraction: float = Field(0.0, ge=0, lt=1, description="Share of the trial's examples that are "
                                                                  "pretraining documents (against forgetting).")
     chat_template: str = Field("plain", description="Mix chat template used to render conversations.")
+    data: list[str] = Field(default_factory=lambda: ["synthetic"], min_length=1,
+                            description="SFT conversations from: synthetic (every synthetic dataset), "
+                                        "synthetic/<dataset>, human/<collection> (its conversations; a preference "
+                                        "collection's chosen side).")
+    preferences: str = Field("preference_pairs", description="DPO pairs: preference_pairs (the teacher's answer vs "
+                                                             "a base sample) or human/<collection> of kind "
+                                                             "preference.")
     max_examples: int = Field(256, ge=1, description="Cap on SFT examples / preference pairs.")
     max_length: int = Field(256, ge=16, description="Token cap per example (longer ones are cut).")
     seed: int = Field(0, description="Data order and init seed.")
@@ -140,6 +147,37 @@ def load_post_training(folder: str | Path, runs: Optional[list[str]] = None
         if len({trials[t].base for t in m.trials}) != 1:
             raise PostTrainingError(f"merge {m.name}: trials have different bases")
     return trials, merges
+
+
+def check_trial_data(trials: dict[str, TrialSpec], datasets, humans: dict) -> None:
+    """Every trial's `data` and `preferences` name existing datasets (human preferences: a preference collection)."""
+    known = {"synthetic", *(f"synthetic/{d}" for d in datasets), *(f"human/{h}" for h in humans)}
+    for tid, t in trials.items():
+        bad = [d for d in t.data if d not in known]
+        if bad:
+            raise PostTrainingError(f"trial {tid}: data: {bad} names no dataset (known: {', '.join(sorted(known))})")
+        if t.method == "dpo" and t.preferences != "preference_pairs":
+            h = humans.get(t.preferences.removeprefix("human/")) if t.preferences.startswith("human/") else None
+            if h is None or h.kind != "preference":
+                prefs = [f"human/{n}" for n, x in sorted(humans.items()) if x.kind == "preference"]
+                raise PostTrainingError(f"trial {tid}: preferences: {t.preferences!r} is neither preference_pairs "
+                                        f"nor a human preference collection (known: {', '.join(prefs) or 'none'})")
+
+
+def trial_humans(t: TrialSpec) -> set[str]:
+    """The human collections a trial reads."""
+    names = {d.split("/", 1)[1] for d in t.data if d.startswith("human/")}
+    if t.method == "dpo" and t.preferences.startswith("human/"):
+        names.add(t.preferences.split("/", 1)[1])
+    return names
+
+
+def trial_shards(t: TrialSpec, shards: dict[str, dict]) -> dict[str, dict]:
+    """The synthetic day shards ("<dataset>|<day>") a trial's SFT data reads."""
+    if "synthetic" in t.data:
+        return dict(shards)
+    names = {d.split("/", 1)[1] for d in t.data if d.startswith("synthetic/")}
+    return {k: m for k, m in shards.items() if k.split("|")[0] in names}
 
 
 def mean_perplexity(row: dict) -> float:
