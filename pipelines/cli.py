@@ -178,6 +178,10 @@ def demo(args) -> int:
             print(f"  synthetic/{name} [{day}, teacher {syn['teacher_name']}, {syn['backend']}]: {syn['kept']}/"
                   f"{syn['prompts']} kept (rejected: {rejected}); {syn['generated']} generated at "
                   f"{syn['tokens_per_second']} tok/s, {syn['resumed']} from the request log")
+    for name, h in out.get("human", {}).items():
+        pairs = f", {h['pairs']} preference pairs" if h["kind"] == "preference" else ""
+        print(f"  human/{name} [{h['kind']}]: {h['records']} conversations{pairs} from {h['lines']} lines "
+              f"({h['bad_lines']} quarantined)")
     for phase, m in out["data_mix"].items():
         named = ", ".join(f"{k} {v['tokens_selected']}" for k, v in m["summary"]["sources"].items())
         print(f"  mix [{phase}] tokens by source : {named}")
