@@ -87,12 +87,17 @@ def _copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
         shutil.copytree(tokenizer_dir / "hf", out / "tokenizer_hf")
 
 
+def parent_key(init_from: str) -> dg.AssetKey:
+    """A run's parent: another run's checkpoint, or an imported base model (`base_model/<name>`)."""
+    return dg.AssetKey.from_user_string(init_from) if init_from.startswith("base_model/") else ckpt_key(init_from)
+
+
 def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
     ins = {"packed": dg.AssetIn(key=packed_key(spec.phase)), "tokenizer": dg.AssetIn("tokenizer")}
     if spec.upcycle:
         ins["parent"] = dg.AssetIn(key=upcycled_key(spec.name))
     elif spec.init_from:
-        ins["parent"] = dg.AssetIn(key=ckpt_key(spec.init_from))
+        ins["parent"] = dg.AssetIn(key=parent_key(spec.init_from))
     kind = "MoE" if spec.is_moe else "dense"
 
     @kura_asset(key=ckpt_key(spec.name), group_name="pretraining", ins=ins, automation_condition=ON_EDIT_OR_EAGER,
@@ -113,6 +118,11 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
         weights_rel = LAYOUT.cluster_weights(spec.name, iv)  # where a cluster run's pod 0 uploads the final weights
 
         def build(stage: Path) -> dict:
+            if parent and parent.get("vocab_size") not in (None, packed["vocab_size"]):
+                raise ValueError(f"checkpoint/{spec.name}: its parent {spec.init_from} has a vocabulary of "
+                                 f"{parent['vocab_size']} ids but packed_dataset/{spec.phase} was tokenized with "
+                                 f"{packed['vocab_size']}; a run continues its parent with the parent's tokenizer "
+                                 f"(packing a phase with a base model's tokenizer is not supported yet)")
             lineage = {"run": spec.name, "phase": spec.phase, "packed_dataset": packed["version"],
                        "data_mix": packed["mix"], "tokenizer": tok["version"],
                        "parent": parent["version"] if parent else None, "parent_run": spec.init_from,
@@ -176,7 +186,7 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
 
 def build_upcycled(spec: RunSpec) -> dg.AssetsDefinition:
     @kura_asset(key=upcycled_key(spec.name), group_name="pretraining", automation_condition=ON_EDIT_OR_EAGER,
-              ins={"dense": dg.AssetIn(key=ckpt_key(spec.init_from))},
+              ins={"dense": dg.AssetIn(key=parent_key(spec.init_from))},
               description=f"{spec.init_from} upcycled to {spec.model.num_experts} experts "
                           f"(top-{spec.model.moe_router_topk})",
               code_version_extra=json.dumps(spec.model_dump(), sort_keys=True),

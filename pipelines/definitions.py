@@ -21,6 +21,7 @@ from assets.arena_votes import arena_votes, arena_votes_sensor
 from assets.corpus import cleaned, corpus_partitions, corpus_snapshot, deduplicated, raw_corpus
 from assets.frozen import frozen_dataset
 from assets.models_in_use import resource_observations
+from assets.bases import build_base_model
 from assets.human import build_human_dataset
 from assets.mix import build_mix_assets, load_mix_spec
 from assets.quality import quality_classifier, quality_examples, reference_lm
@@ -31,6 +32,7 @@ from assets.posttrain import build_post_training_assets
 from assets.pretrain import build_pretraining_assets
 from pipelines.settings import Settings
 from kura.human import load_human
+from kura.train.import_hf import load_bases
 from kura.synth.spec import SpecError, check_runs, load_datasets, load_teachers
 from kura.train.spec import load_run_specs
 from kura.train.trials import check_trial_data, load_post_training
@@ -44,7 +46,8 @@ CURATE = dg.AssetSelection.assets("deduplicated", "quality_examples", "quality_c
     dg.AssetSelection.key_prefixes(["teacher"], ["human"])
 SYNTH = dg.AssetSelection.key_prefixes(["synthetic"])
 MODEL = dg.AssetSelection.assets("tokenizer", "mix_report") | \
-    dg.AssetSelection.key_prefixes(["data_mix"], ["packed_dataset"], ["checkpoint"], ["upcycled"], ["hf_model"],
+    dg.AssetSelection.key_prefixes(["base_model"], ["data_mix"], ["packed_dataset"], ["checkpoint"], ["upcycled"],
+                                   ["hf_model"],
                                    ["eval_perplexity"], ["eval_tasks"], ["eval_judge"], ["contamination"]) | \
     dg.AssetSelection.assets("arena", "eval_leaderboard")
 POST = ["adapter", "merged_model", "trial_eval"]
@@ -229,9 +232,10 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     teachers = load_teachers(s.teachers_dir)
     datasets = load_datasets(s.synthetic_dir, teachers)
     humans = load_human(s.human_dir, REPO_ROOT)
+    bases = load_bases(s.bases_dir, REPO_ROOT)
     mix = load_mix_spec(s.mix_file, datasets, humans)
     phases = [p.name for p in mix.phases]
-    runs = load_run_specs(s.runs_dir, phases)
+    runs = load_run_specs(s.runs_dir, phases, {n: b.model_spec(REPO_ROOT) for n, b in bases.items()})
     check_runs(teachers, {r.name for r in runs})  # kura_run teachers, now that the runs are known
     judge = teachers.get(s.judge_teacher)
     if judge is None or judge.kind == "endpoint":
@@ -260,6 +264,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 *(build_human_dataset(h, REPO_ROOT) for h in humans.values()),
                 build_tokenizer(datasets),
                 *build_mix_assets(s.mix_file, mix, datasets),
+                *(build_base_model(b, REPO_ROOT) for b in bases.values()),
                 *build_pretraining_assets(runs, phases),
                 *build_evaluation_assets(runs, phases, templates, s.judge_teacher),
                 *build_post_training_assets(trials, merges, phases, templates, trial_parts, datasets,

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
                                                                        "(one asset teacher/<name> each).")
     synthetic_dir: Path = Field(PIPELINES_DIR / "synthetic", description="KURA_SYNTHETIC_DIR: folder of synthetic "
                                                                          "dataset specs (synthetic/<name> each).")
+    bases_dir: Path = Field(PIPELINES_DIR / "bases", description="KURA_BASES_DIR: folder of imported base model "
+                                                                 "specs (base_model/<name> each).")
     human_dir: Path = Field(PIPELINES_DIR / "human", description="KURA_HUMAN_DIR: folder of human-written dataset "
                                                                  "specs (human/<name> each).")
     judge_teacher: str = Field("demo", description="KURA_JUDGE_TEACHER: the teacher spec whose model judges locally "

@@ -87,6 +87,10 @@ class TrainerResource(dg.ConfigurableResource):
                 raise ValueError(f"run {spec.name}: resume_optimizer works with the local trainer only so far (the "
                                  f"launcher loads a parent with --finetune, a fresh optimizer); remove it from "
                                  f"pipelines/runs/{spec.name}.yaml for cluster runs")
+            if parent and parent.startswith("base_model/"):
+                raise ValueError(f"run {spec.name}: a cluster run cannot start from {parent} yet (its pods load a "
+                                 f"Megatron torch_dist parent; the import writes kura's checkpoint only); train it "
+                                 f"with the local trainer, or start it from a kura run")
             if spec.rollback_on_spike:
                 raise ValueError(f"run {spec.name}: rollback_on_spike works with the local trainer only (Megatron-LM "
                                  f"has no rollback); remove it from pipelines/runs/{spec.name}.yaml for cluster runs "

@@ -193,8 +193,10 @@ class SpecError(ValueError):
     pass
 
 
-def load_run_specs(folder: str | Path, phases: list[str] | None = None) -> list[RunSpec]:
-    """All `*.yaml` run specs of a folder, validated and ordered parents first (the chain)."""
+def load_run_specs(folder: str | Path, phases: list[str] | None = None,
+                   bases: dict[str, ModelSpec] | None = None) -> list[RunSpec]:
+    """All `*.yaml` run specs of a folder, validated and ordered parents first (the chain). `bases`: the
+    architectures of the imported base models a run may start from (`init_from: base_model/<name>`)."""
     folder = Path(folder)
     specs: dict[str, RunSpec] = {}
     for f in sorted(folder.glob("*.yaml")):
@@ -209,6 +211,23 @@ def load_run_specs(folder: str | Path, phases: list[str] | None = None) -> list[
         where = folder / f"{s.name}.yaml"
         if phases is not None and s.phase not in phases:
             raise SpecError(f"{where}: phase {s.phase!r} is not a phase of the data mix {phases}")
+        if s.init_from and s.init_from.startswith("base_model/"):
+            base = (bases or {}).get(s.init_from.split("/", 1)[1])
+            if base is None:
+                raise SpecError(f"{where}: init_from {s.init_from!r} names no base model spec (known: "
+                                f"{', '.join(f'base_model/{b}' for b in sorted(bases or {})) or 'none'})")
+            moe = base.num_experts is not None
+            if s.upcycle and moe:
+                raise SpecError(f"{where}: upcycle needs a dense parent; {s.init_from} is already MoE")
+            mine = s.model.model_dump(exclude={"init_method_std", "moe_aux_loss_coeff"}
+                                      | ({"num_experts", "moe_router_topk"} if s.upcycle else set()))
+            theirs = base.model_dump(exclude={"init_method_std", "moe_aux_loss_coeff"}
+                                     | ({"num_experts", "moe_router_topk"} if s.upcycle else set()))
+            if mine != theirs:
+                diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+                raise SpecError(f"{where}: model differs from {s.init_from} (run vs base: {diff}); a run on a base "
+                                f"has the base's architecture{' (plus experts)' if s.upcycle else ''}")
+            continue
         if s.init_from and s.init_from not in specs:
             raise SpecError(f"{where}: init_from {s.init_from!r} names no run in {folder} ({sorted(specs)})")
         if s.init_from:
@@ -232,7 +251,7 @@ def load_run_specs(folder: str | Path, phases: list[str] | None = None) -> list[
         if state.get(n) == 2:
             return
         state[n] = 1
-        if specs[n].init_from:
+        if specs[n].init_from and specs[n].init_from in specs:
             visit(specs[n].init_from, path + [n])
         state[n] = 2
         order.append(n)
