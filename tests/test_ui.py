@@ -47,7 +47,8 @@ def test_webserver_serves_the_asset_graph_on_loopback(tmp_path):
                 time.sleep(1)
         graph = {"/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]} for n in nodes}
         assert graph["packed_dataset/web"] == {"data_mix/web", "tokenizer"}
-        assert graph["data_mix/instruct"] == {"data_mix/web", "deduplicated", "synthetic/qa", "tokenizer"}
+        assert graph["data_mix/instruct"] == {"data_mix/web", "deduplicated", "synthetic/qa", "human/ja_instruct",
+                                          "tokenizer"}
         assert graph["eval_perplexity/moe_1"] == {"hf_model/moe_1", "packed_dataset/web", "packed_dataset/instruct"}
         assert graph["checkpoint/moe_1"] == {"upcycled/moe_1", "packed_dataset/web", "tokenizer"}
         assert graph["upcycled/moe_1"] == {"checkpoint/dense_2"}
@@ -56,7 +57,7 @@ def test_webserver_serves_the_asset_graph_on_loopback(tmp_path):
         assert graph["eval_judge/moe_1"] == {"hf_model/moe_1", "teacher/demo", "resource/judge"}
         assert graph["adapter"] >= {"synthetic/qa", "data_mix/web", "hf_model/dense_2", "preference_pairs"}
         assert graph["synthetic/qa"] == {"deduplicated", "teacher/demo", "resource/generator"}, "the teacher observed"
-        assert len(graph) == 48 and graph["frozen/packed_dataset_web"] == set(), "frozen sources from dvc.yaml"
+        assert len(graph) == 50 and graph["frozen/packed_dataset_web"] == set(), "frozen sources from dvc.yaml"
         assert graph["deduplicated"] == {"cleaned", "corpus_snapshot"}, "staleness through the big fan-in"
         assert graph["data_mix/web"] == {"deduplicated", "synthetic/qa", "tokenizer", "quality_classifier",
                                          "reference_lm"}

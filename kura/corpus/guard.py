@@ -12,6 +12,7 @@ file goes on.
 """
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import resource
@@ -27,8 +28,17 @@ def _vm_bytes() -> int:
     return 0
 
 
-def _serve(conn, max_memory_bytes: int) -> None:  # runs in the helper process
+def _serve(conn, parent_end, max_memory_bytes: int) -> None:  # runs in the helper process
+    import signal
+
     from kura.corpus.readers import html_to_text
+
+    # The fork copied the parent's end of the pipe: closed here, the helper sees EOF when its parent dies (however
+    # it dies), instead of waiting forever on a pipe it holds open itself. SIGTERM is reset to its default, so the
+    # interpreter's exit (which terminates daemon children, then joins them) stops the helper even when the parent
+    # was started with SIGTERM ignored.
+    parent_end.close()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     if max_memory_bytes:
         try:
@@ -67,7 +77,7 @@ class ExtractGuard:
 
         ctx = mp.get_context("fork")
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, self.max_memory_bytes), daemon=True,
+        self._proc = ctx.Process(target=_serve, args=(child, parent, self.max_memory_bytes), daemon=True,
                                  name="kura-html-extract")
         self._proc.start()
         child.close()
@@ -117,6 +127,14 @@ class ExtractGuard:
 
 
 _SHARED: dict[tuple[int, int], ExtractGuard] = {}
+
+
+@atexit.register
+def _close_shared() -> None:
+    """Stop this process's helpers politely before the interpreter joins its children."""
+    for key, g in list(_SHARED.items()):
+        if key[0] == os.getpid():
+            g.close()
 
 
 def shared(timeout_s: float, max_memory_mb: int) -> Optional[ExtractGuard]:
