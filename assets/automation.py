@@ -8,7 +8,7 @@ edits elsewhere mark assets stale (derived code versions) and are rebuilt from t
 to a module every stage reaches would otherwise retrain everything unasked.
 `any_deps_missing` is dropped from eager because the synthetic asset has one partition per day and days that were
 never generated are expected. Blocking checks gate the stages that follow, except the synthetic shards' gate: a
-failed shard is recorded and every reader skips it by itself (`synthetic_rows` reads gate-passed shards only), so one
+failed shard is recorded and every reader skips it by itself (`gated_rows` reads gate-passed shards only), so one
 bad shard must not stop the whole chain: a mix whose synthetic source is `optional` goes on without it.
 """
 import dagster as dg

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets._common import kura_asset, output, read_parquet, run_versioned, write_parquet
+from assets._common import kura_asset, output, run_versioned, write_parquet
 from assets.automation import ON_EDIT_OR_EAGER
 from kura.human import BAD_LINE_SCHEMA, PAIR_SCHEMA, HumanDatasetSpec, read_human
 from kura.synth.shard import RECORD_SCHEMA
@@ -29,15 +29,6 @@ def human_ins(names) -> dict[str, dg.AssetIn]:
 def human_inputs(inputs: dict) -> dict[str, dict]:
     """{name: manifest} of a reader's human inputs."""
     return {k.split("__", 1)[1]: m for k, m in sorted(inputs.items()) if k.startswith("human__")}
-
-
-def human_rows(storage, manifests: dict[str, dict]) -> list[dict]:
-    """Conversations of the collections that passed their check (a failed one feeds nothing)."""
-    rows: list[dict] = []
-    for _, m in sorted(manifests.items()):
-        if m.get("gate_passed", True):
-            rows += read_parquet(storage, m, "records.parquet", ["doc_id", "text", "lang", "turns"]).to_pylist()
-    return rows
 
 
 def build_human_dataset(spec: HumanDatasetSpec, root: Path) -> dg.AssetsDefinition:

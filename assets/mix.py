@@ -17,9 +17,9 @@ import kura.mix.spec as spec_mod
 import kura.pack.megatron as packing
 from assets._common import kura_asset, output, read_parquet, run_versioned, write_json, write_parquet
 from assets.automation import EAGER, ON_EDIT_OR_EAGER
-from assets.human import human_inputs, human_ins, human_rows
+from assets.human import human_inputs, human_ins
 from assets.synthetic import merge_synthetic, synthetic_ins
-from assets.tokenizer import corpus_rows, synthetic_rows
+from assets.tokenizer import corpus_rows, gated_rows
 from kura.synth.spec import DatasetSpec, select_datasets
 from kura.pack.phase import pack_phase
 from kura.text.ngram_lm import CharNgramLM
@@ -142,10 +142,10 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None, datasets) -> dg.Ass
             for name, (names, days) in pools.items():
                 shards = source_shards(names, days, syn)
                 sources[name] = resolve.SourceDocs(name, {k: v["version"] for k, v in shards.items()},
-                                                   synthetic_rows(st, shards), blocked_shards(shards))
+                                                   gated_rows(st, shards), blocked_shards(shards))
             for name, m in hum.items():
                 sources[f"human/{name}"] = resolve.SourceDocs(
-                    f"human/{name}", {name: m["version"]}, human_rows(st, {name: m}),
+                    f"human/{name}", {name: m["version"]}, gated_rows(st, {name: m}),
                     "" if m.get("gate_passed", True) else f"human/{name} failed its malformed-lines check")
             pool, prev_docs = [], {}
             if prev_m:
@@ -166,8 +166,8 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None, datasets) -> dg.Ass
             write_json(stage / "mix.json", {**spec, **summary})
             return {"summary": summary, **spec}
 
-        upstream = {"deduplicated": ded, "synthetic": syn, "human": hum, "tokenizer": tok_m, "previous_phase": prev_m,
-                    "quality_classifier": qc_m, "reference_lm": lm_m}
+        upstream = {"deduplicated": ded, "synthetic": syn, "tokenizer": tok_m, "previous_phase": prev_m,
+                    "quality_classifier": qc_m, "reference_lm": lm_m, **({"human": hum} if hum else {})}
         m, reused = run_versioned(context, st, config=json.loads(_phase_version_text(mix, phase)),
                                   upstream=upstream, build=build)
         for label, why in m["summary"].get("left_out", {}).items():

@@ -34,17 +34,15 @@ from assets.evaluation import (DEFAULT_QUESTIONS, DEFAULT_TASKS, _table, _tmpl, 
                                read_text_files)
 from assets.mix import mix_key, packed_key
 from assets.pretrain import hf_key
-from assets.human import human_inputs, human_ins, human_rows
+from assets.human import human_inputs, human_ins
 from assets.synthetic import merge_synthetic, synthetic_ins, teacher_key
-from assets.tokenizer import synthetic_rows
+from assets.tokenizer import gated_rows
 from kura.human import PAIR_SCHEMA
 from kura.io import stable_hash
 from kura.synth.generators import SamplingConfig
 from kura.train.trials import MergeSpec, TrialSpec
 from resources import GeneratorResource, StorageResource
 from resources.posttrainer import PostTrainerResource
-
-PAIRS_SCHEMA = PAIR_SCHEMA
 
 
 def _conversations(rows: list[dict]) -> list[list[dict]]:
@@ -120,7 +118,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
             user, assistant, sep = _tmpl(templates, config.chat_template)
 
             def build(stage: Path) -> dict:
-                convs = [c for c in _conversations(synthetic_rows(st, synthetic))][:config.max_pairs]
+                convs = [c for c in _conversations(gated_rows(st, synthetic))][:config.max_pairs]
                 prompts = [f"{user}{c[0]['content']}{sep}{assistant}" for c in convs]
                 gen = candidates.build_for(st, base["dir"])
                 samples = gen.generate(prompts, SamplingConfig(max_tokens=config.max_tokens,
@@ -133,7 +131,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
                         same += 1
                         continue
                     rows.append({"doc_id": str(i), "prompt": c[0]["content"], "chosen": chosen, "rejected": rejected})
-                pq.write_table(pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA), stage / "pairs.parquet")
+                pq.write_table(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA), stage / "pairs.parquet")
                 return {"pairs": len(rows), "dropped_identical_or_empty": same, "rejected_model": base["version"],
                         "chosen_from": {k: v["version"] for k, v in sorted(synthetic.items())}}
 
@@ -173,7 +171,7 @@ def build_post_training_assets(trials: dict[str, TrialSpec], merges: list[MergeS
             _, tok = lora.load_base(st.local_dir(base["dir"]))
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             if spec.method == "sft":
-                convs = _conversations(synthetic_rows(st, synthetic) + human_rows(st, hum))
+                convs = _conversations(gated_rows(st, synthetic) + gated_rows(st, hum))
                 docs = pq.read_table(st.local_dir(inputs["replay_mix"]["dir"]) / "documents.parquet",
                                      columns=["text"]).column("text").to_pylist()
                 examples, man = lora.build_sft_data(convs, [d for d in docs if d], spec, tok, tmpl)

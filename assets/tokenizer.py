@@ -22,14 +22,13 @@ def corpus_rows(storage, deduplicated: dict) -> list[dict]:
     return read_parquet(storage, deduplicated, "documents.parquet", ["doc_id", "text", "lang"]).to_pylist()
 
 
-def synthetic_rows(storage, synthetic: dict) -> list[dict]:
-    """Records of every materialized synthetic shard that passed its reject-rate gate, in (dataset, day) order. A
-    shard that failed the gate stays visible in the UI with its reasons but never feeds a tokenizer or a mix."""
+def gated_rows(storage, manifests: dict) -> list[dict]:
+    """Records of every materialized synthetic shard or human collection that passed its gate, in key order. One
+    that failed stays visible in the UI with its reasons but never feeds a tokenizer, a mix or a trial."""
     rows: list[dict] = []
-    for _, m in sorted(synthetic.items()):
-        if not m.get("gate_passed", True):
-            continue
-        rows += read_parquet(storage, m, "records.parquet", ["doc_id", "text", "lang", "turns"]).to_pylist()
+    for _, m in sorted(manifests.items()):
+        if m.get("gate_passed", True):
+            rows += read_parquet(storage, m, "records.parquet", ["doc_id", "text", "lang", "turns"]).to_pylist()
     return rows
 
 
@@ -50,7 +49,7 @@ def _tokenizer(context, config: TokenizerAssetConfig, storage: StorageResource, 
     st = storage.get()
 
     def build(stage):
-        groups = {"deduplicated": corpus_rows(st, deduplicated), "synthetic": synthetic_rows(st, synthetic)}
+        groups = {"deduplicated": corpus_rows(st, deduplicated), "synthetic": gated_rows(st, synthetic)}
         train = {k: [r["text"] for r in rows if not is_heldout(r["doc_id"], HELDOUT_FRACTION)]
                  for k, rows in groups.items()}
         held: dict[str, list[str]] = {}

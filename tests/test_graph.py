@@ -290,7 +290,7 @@ def test_another_dataset_on_another_day_is_gated_by_its_reject_rate(graph):
     quarantined as unparseable and the blocking gate fails — the shard is recorded, the check says why."""
     import yaml
 
-    from assets.tokenizer import synthetic_rows
+    from assets.tokenizer import gated_rows
     from kura.io import Storage
     from pipelines.definitions import build_definitions
 
@@ -314,8 +314,8 @@ def test_another_dataset_on_another_day_is_gated_by_its_reject_rate(graph):
     failed = r.output_for_node("synthetic__problems")
     assert failed["gate_passed"] is False
     st = Storage(str(graph.home / "storage"))
-    assert synthetic_rows(st, {"problems|2026-11-18": failed}) == [], "a shard that failed its gate feeds nothing"
-    assert synthetic_rows(st, {graph.syn_pk: graph.syn})
+    assert gated_rows(st, {"problems|2026-11-18": failed}) == [], "a shard that failed its gate feeds nothing"
+    assert gated_rows(st, {graph.syn_pk: graph.syn})
     from pipelines.failures import blocked_shard, explain_failure
 
     assert blocked_shard(r) == check.metadata["explanation"].value, "the demo goes on past a gate-failed shard"

@@ -129,7 +129,7 @@ def _where(e: ValidationError) -> str:
     return f"{loc + ': ' if loc else ''}{err['msg'].removeprefix('Value error, ')}"
 
 
-def _load(folder: Path, cls, what: str) -> dict:
+def load_spec_folder(folder: Path, cls, what: str) -> dict:
     specs: dict = {}
     for f in sorted(Path(folder).glob("*.yaml")):
         try:
@@ -149,15 +149,10 @@ def _load(folder: Path, cls, what: str) -> dict:
     return specs
 
 
-def load_spec_folder(folder: Path, cls, what: str) -> dict:
-    """Every `*.yaml` of a folder as a `cls` (name = file stem unless given); errors name file and field."""
-    return _load(folder, cls, what)
-
-
 def load_teachers(folder: str | Path, runs: set[str] | None = None,
                   check_folders: bool = True) -> dict[str, TeacherSpec]:
     """All teacher specs of a folder; a local folder without weights or a run that does not exist is refused."""
-    teachers = _load(Path(folder), TeacherSpec, "teacher")
+    teachers = load_spec_folder(Path(folder), TeacherSpec, "teacher")
     for t in teachers.values():
         if t.kind == "hf_folder" and check_folders:
             d = t.folder()
@@ -180,7 +175,7 @@ def check_runs(teachers: dict[str, TeacherSpec], runs: set[str]) -> None:
 
 def load_datasets(folder: str | Path, teachers: dict[str, TeacherSpec]) -> dict[str, DatasetSpec]:
     """All dataset specs of a folder, each checked against the teachers and the recipe registry."""
-    datasets = _load(Path(folder), DatasetSpec, "synthetic dataset")
+    datasets = load_spec_folder(Path(folder), DatasetSpec, "synthetic dataset")
     for d in datasets.values():
         if d.teacher not in teachers:
             raise SpecError(f"synthetic dataset spec {d.source_file}: teacher: {d.teacher!r} names no teacher spec "
