@@ -24,7 +24,7 @@ from kura.synth.spec import DatasetSpec, select_datasets
 from kura.pack.phase import pack_phase
 from kura.text.ngram_lm import CharNgramLM
 from kura.text.quality_model import QualityClassifier
-from kura.tokenize.spm import SpmTokenizer
+from kura.tokenize.hf import load_tokenizer
 from resources import StorageResource
 
 
@@ -36,6 +36,17 @@ MIX_DOCS_SCHEMA = pa.schema([("source", pa.string()), ("doc_id", pa.string()), (
                              ("loss_mask", pa.string())])
 
 
+def tokenizer_key(tokenizer: str | None) -> dg.AssetKey:
+    """The asset a phase packs with: kura's `tokenizer`, or an imported `base_model/<name>`."""
+    return dg.AssetKey.from_user_string(tokenizer) if tokenizer else dg.AssetKey("tokenizer")
+
+
+def tokenizer_path(st, m: dict) -> Path:
+    """kura's SentencePiece model, or the Hugging Face tokenizer folder of an imported base."""
+    d = st.local_dir(m["dir"])
+    return d / "tokenizer.model" if (d / "tokenizer.model").exists() else d / "tokenizer_hf"
+
+
 def mix_key(phase: str) -> dg.AssetKey:
     return dg.AssetKey(["data_mix", phase])
 
@@ -45,13 +56,24 @@ def packed_key(phase: str) -> dg.AssetKey:
 
 
 def load_mix_spec(spec_path: str | Path, datasets: dict[str, DatasetSpec],
-                  humans: dict | None = None) -> spec_mod.MixSpec:
+                  humans: dict | None = None, bases: set[str] | None = None) -> spec_mod.MixSpec:
     """Load and validate a mix YAML against the synthetic and human dataset specs; a bad mix (an unknown source or
     dataset, a selector that matches no dataset) fails when the definitions load, naming the file, phase and
     field."""
     spec_path = Path(spec_path)
     known = {"deduplicated", "synthetic", *(f"synthetic/{d}" for d in datasets), *(f"human/{h}" for h in humans or {})}
     mix = spec_mod.load_mix(spec_path, known_sources=known)
+    for i, p in enumerate(mix.phases):
+        if p.tokenizer and (not p.tokenizer.startswith("base_model/")
+                            or p.tokenizer.split("/", 1)[1] not in (bases or set())):
+            raise spec_mod.MixError(f"mix {spec_path.name}: phase {p.name!r}: tokenizer: {p.tokenizer!r} names no "
+                                    f"base model (known: "
+                                    f"{', '.join(f'base_model/{b}' for b in sorted(bases or [])) or 'none'}; leave it "
+                                    f"out for kura's tokenizer)")
+        if p.replay_fraction > 0 and p.tokenizer != mix.phases[i - 1].tokenizer:
+            raise spec_mod.MixError(f"mix {spec_path.name}: phase {p.name!r}: replays phase "
+                                    f"{mix.phases[i - 1].name!r}, which packs with another tokenizer; set "
+                                    f"replay_fraction: 0 or use one tokenizer")
     for p in mix.phases:
         for i, s in enumerate(p.sources):
             if s.source == "synthetic" and any(k != "days" for k in s.selector) and not source_datasets(s, datasets):
@@ -110,7 +132,7 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None, datasets) -> dg.Ass
     pools = {s.pool: (source_datasets(s, datasets), s.days) for s in phase.sources
              if s.source.startswith("synthetic")}
     humans = sorted({s.source.split("/", 1)[1] for s in phase.sources if s.source.startswith("human/")})
-    ins = {"deduplicated": dg.AssetIn("deduplicated"), "tokenizer": dg.AssetIn("tokenizer"),
+    ins = {"deduplicated": dg.AssetIn("deduplicated"), "tokenizer": dg.AssetIn(key=tokenizer_key(phase.tokenizer)),
            **synthetic_ins({n for names, _ in pools.values() for n in names}), **human_ins(humans)}
     if prev:
         ins["previous_phase"] = dg.AssetIn(key=mix_key(prev))
@@ -135,7 +157,7 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None, datasets) -> dg.Ass
         lm_m = inputs.get("reference_lm")
 
         def build(stage):
-            tok = SpmTokenizer(st.local_dir(tok_m["dir"]) / "tokenizer.model")
+            tok = load_tokenizer(tokenizer_path(st, tok_m))
             spec_mod.check_sequence_length(mix.name, phase, tok.model_max_length)
             sources = {"deduplicated": resolve.SourceDocs("deduplicated", {"all": ded["version"]},
                                                           corpus_rows(st, ded))}
@@ -180,7 +202,8 @@ def _mix_asset(mix, phase, file_name: str, prev: str | None, datasets) -> dg.Ass
 
 def _packed_asset(mix, phase) -> dg.AssetsDefinition:
     @kura_asset(key=packed_key(phase.name), group_name="model_data", automation_condition=EAGER,
-              ins={"data_mix": dg.AssetIn(key=mix_key(phase.name)), "tokenizer": dg.AssetIn("tokenizer")},
+              ins={"data_mix": dg.AssetIn(key=mix_key(phase.name)),
+                   "tokenizer": dg.AssetIn(key=tokenizer_key(phase.tokenizer))},
               check_specs=[dg.AssetCheckSpec("megatron_readback", asset=packed_key(phase.name), blocking=True,
                                              description="Every .bin/.idx opens with megatron-core's IndexedDataset, "
                                                          "holds the recorded sequence count, and ids < vocab size.")])
@@ -192,11 +215,15 @@ def _packed_asset(mix, phase) -> dg.AssetsDefinition:
             info = pack_phase(stage, read_parquet(st, data_mix, "selection.parquet").to_pylist(),
                               read_parquet(st, data_mix, "documents.parquet").to_pylist(),
                               {k: spec_mod.ChatTemplate(**v) for k, v in data_mix["chat_templates"].items()},
-                              st.local_dir(tokenizer["dir"]) / "tokenizer.model", seq_len)
+                              tokenizer_path(st, tokenizer), seq_len)
             info.update(phase=data_mix["phase"]["name"], mix=data_mix["version"], tokenizer=tokenizer["version"])
             write_json(stage / "packed.json", info)
             # the frozen dataset a training pod pulls is self-sufficient: Megatron-LM's --tokenizer-model reads it
-            shutil.copy(st.local_dir(tokenizer["dir"]) / "tokenizer.model", stage / "tokenizer.model")
+            tp = tokenizer_path(st, tokenizer)
+            if tp.is_dir():  # a base model's Hugging Face tokenizer
+                shutil.copytree(tp, stage / "tokenizer_hf")
+            else:
+                shutil.copy(tp, stage / "tokenizer.model")
             return info
 
         m, reused = run_versioned(context, st, config={}, upstream={"data_mix": data_mix, "tokenizer": tokenizer},

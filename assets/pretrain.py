@@ -82,9 +82,13 @@ def model_dir(st, checkpoint: dict) -> Path:
 
 
 def _copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
-    shutil.copy(tokenizer_dir / "tokenizer.model", out / "tokenizer.model")
-    if (tokenizer_dir / "hf").exists():
-        shutil.copytree(tokenizer_dir / "hf", out / "tokenizer_hf")
+    """kura's tokenizer (tokenizer.model + its HF export hf/), or an imported base's HF tokenizer (tokenizer_hf/)."""
+    if (tokenizer_dir / "tokenizer.model").exists():
+        shutil.copy(tokenizer_dir / "tokenizer.model", out / "tokenizer.model")
+    for sub in ("tokenizer_hf", "hf"):  # a base also keeps its whole original folder in hf/
+        if (tokenizer_dir / sub).exists():
+            shutil.copytree(tokenizer_dir / sub, out / "tokenizer_hf", dirs_exist_ok=True)
+            break
 
 
 def parent_key(init_from: str) -> dg.AssetKey:
@@ -92,12 +96,15 @@ def parent_key(init_from: str) -> dg.AssetKey:
     return dg.AssetKey.from_user_string(init_from) if init_from.startswith("base_model/") else ckpt_key(init_from)
 
 
-def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
-    ins = {"packed": dg.AssetIn(key=packed_key(spec.phase)), "tokenizer": dg.AssetIn("tokenizer")}
+def build_checkpoint(spec: RunSpec, tokenizer: dg.AssetKey = dg.AssetKey("tokenizer")) -> dg.AssetsDefinition:
+    """`tokenizer`: what the run's phase packs with (kura's tokenizer, or an imported base model's)."""
+    ins = {"packed": dg.AssetIn(key=packed_key(spec.phase))}
     if spec.upcycle:
         ins["parent"] = dg.AssetIn(key=upcycled_key(spec.name))
     elif spec.init_from:
         ins["parent"] = dg.AssetIn(key=parent_key(spec.init_from))
+    if ins.get("parent") is None or ins["parent"].key != tokenizer:  # a base that is also the tokenizer: one input
+        ins["tokenizer"] = dg.AssetIn(key=tokenizer)
     kind = "MoE" if spec.is_moe else "dense"
 
     @kura_asset(key=ckpt_key(spec.name), group_name="pretraining", ins=ins, automation_condition=ON_EDIT_OR_EAGER,
@@ -112,7 +119,8 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
     def checkpoint(context: dg.AssetExecutionContext, config: CheckpointConfig, storage: StorageResource,
                    trainer: TrainerResource, **inputs):
         st = storage.get()
-        packed, tok, parent = inputs["packed"], inputs["tokenizer"], inputs.get("parent")
+        packed, parent = inputs["packed"], inputs.get("parent")
+        tok = inputs.get("tokenizer", parent)
         iv = input_version_of(context, config, inputs)
         work = work_dir(st, "checkpoint", spec.name, iv)
         weights_rel = LAYOUT.cluster_weights(spec.name, iv)  # where a cluster run's pod 0 uploads the final weights
@@ -122,7 +130,8 @@ def build_checkpoint(spec: RunSpec) -> dg.AssetsDefinition:
                 raise ValueError(f"checkpoint/{spec.name}: its parent {spec.init_from} has a vocabulary of "
                                  f"{parent['vocab_size']} ids but packed_dataset/{spec.phase} was tokenized with "
                                  f"{packed['vocab_size']}; a run continues its parent with the parent's tokenizer "
-                                 f"(packing a phase with a base model's tokenizer is not supported yet)")
+                                 f"(for a base model: give phase {spec.phase} `tokenizer: {spec.init_from}` in the "
+                                 f"mix)")
             lineage = {"run": spec.name, "phase": spec.phase, "packed_dataset": packed["version"],
                        "data_mix": packed["mix"], "tokenizer": tok["version"],
                        "parent": parent["version"] if parent else None, "parent_run": spec.init_from,
@@ -267,10 +276,17 @@ def build_eval_perplexity(spec: RunSpec, phases: list[str]) -> dg.AssetsDefiniti
     return eval_perplexity
 
 
-def build_pretraining_assets(specs: list[RunSpec], phases: list[str]) -> list[dg.AssetsDefinition]:
+def build_pretraining_assets(specs: list[RunSpec], phases: list[str],
+                             phase_tokenizers: dict[str, dg.AssetKey] | None = None) -> list[dg.AssetsDefinition]:
+    """`phase_tokenizers`: the tokenizer asset each phase packs with; a run is evaluated on the held-out sets of
+    the phases sharing its phase's tokenizer (other token ids mean nothing to it)."""
+    tk = phase_tokenizers or {}
+    default = dg.AssetKey("tokenizer")
     out: list[dg.AssetsDefinition] = []
     for s in specs:
         if s.upcycle:
             out.append(build_upcycled(s))
-        out += [build_checkpoint(s), build_hf_model(s), build_eval_perplexity(s, phases)]
+        mine = tk.get(s.phase, default)
+        same = [p for p in phases if tk.get(p, default) == mine]
+        out += [build_checkpoint(s, mine), build_hf_model(s), build_eval_perplexity(s, same)]
     return out

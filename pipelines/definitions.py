@@ -23,7 +23,7 @@ from assets.frozen import frozen_dataset
 from assets.models_in_use import resource_observations
 from assets.bases import build_base_model
 from assets.human import build_human_dataset
-from assets.mix import build_mix_assets, load_mix_spec
+from assets.mix import build_mix_assets, load_mix_spec, tokenizer_key
 from assets.quality import quality_classifier, quality_examples, reference_lm
 from assets.synthetic import build_synthetic_assets, daily_partitions
 from assets.tokenizer import build_tokenizer
@@ -233,7 +233,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     datasets = load_datasets(s.synthetic_dir, teachers)
     humans = load_human(s.human_dir, REPO_ROOT)
     bases = load_bases(s.bases_dir, REPO_ROOT)
-    mix = load_mix_spec(s.mix_file, datasets, humans)
+    mix = load_mix_spec(s.mix_file, datasets, humans, set(bases))
     phases = [p.name for p in mix.phases]
     runs = load_run_specs(s.runs_dir, phases, {n: b.model_spec(REPO_ROOT) for n, b in bases.items()})
     check_runs(teachers, {r.name for r in runs})  # kura_run teachers, now that the runs are known
@@ -265,7 +265,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 build_tokenizer(datasets),
                 *build_mix_assets(s.mix_file, mix, datasets),
                 *(build_base_model(b, REPO_ROOT) for b in bases.values()),
-                *build_pretraining_assets(runs, phases),
+                *build_pretraining_assets(runs, phases, {p.name: tokenizer_key(p.tokenizer) for p in mix.phases}),
                 *build_evaluation_assets(runs, phases, templates, s.judge_teacher),
                 *build_post_training_assets(trials, merges, phases, templates, trial_parts, datasets,
                                             s.judge_teacher),

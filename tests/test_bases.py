@@ -142,3 +142,93 @@ def test_base_model_is_the_same_model_and_a_run_continues_it(graph, tmp_path, mo
     d1_stats = graph.out["checkpoint"]["dense_1"]["stats"]
     assert ck["stats"]["first_loss"] < d1_stats["first_loss"] - 0.5, (ck["stats"]["first_loss"], d1_stats)
     assert abs(ck["stats"]["first_loss"] - d1_stats["final_loss"]) < 0.6
+
+
+def test_a_phase_naming_an_unknown_base_tokenizer_or_replaying_across_tokenizers_is_refused(tmp_path):
+    from assets.mix import load_mix_spec
+    from kura.mix.spec import MixError
+
+    mix = {"name": "m", "phases": [
+        {"name": "web", "sequence_length": 64, "sources": [{"source": "deduplicated", "tokens": 100}]},
+        {"name": "cont", "sequence_length": 64, "tokenizer": "base_model/llm_jp", "replay_fraction": 0.2,
+         "sources": [{"source": "deduplicated", "tokens": 100}]}]}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(mix))
+    with pytest.raises(MixError, match=r"phase 'cont': tokenizer: 'base_model/llm_jp' names no base model "
+                                       r"\(known: none"):
+        load_mix_spec(tmp_path / "m.yaml", {}, {}, set())
+    with pytest.raises(MixError, match=r"phase 'cont': replays phase 'web', which packs with another tokenizer"):
+        load_mix_spec(tmp_path / "m.yaml", {}, {}, {"llm_jp"})
+    mix["phases"][1]["replay_fraction"] = 0
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(mix))
+    assert load_mix_spec(tmp_path / "m.yaml", {}, {}, {"llm_jp"}).phases[1].tokenizer == "base_model/llm_jp"
+
+
+@pytest.mark.slow
+def test_a_phase_packs_with_the_base_models_own_tokenizer_and_a_run_continues_the_base(graph, tmp_path,
+                                                                                      monkeypatch):
+    """A base with a tokenizer of its own (a byte-level BPE of another size than kura's): the phase that names it
+    packs with it (vocabulary and ids of the base), the run on that phase continues the base, and its export
+    carries the base's tokenizer."""
+    import shutil
+
+    import dagster as dg
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from kura.synth.teacher import train_tokenizer
+    from pipelines.definitions import build_definitions
+
+    texts = pq.read_table(Path(graph.out["deduplicated"]["uri"]) / "documents.parquet",
+                          columns=["text"]).column("text").to_pylist()[:400]
+    folder = tmp_path / "own"
+    tok = train_tokenizer(texts, 600, folder)
+    torch.manual_seed(0)
+    arch = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_query_groups": 2,
+            "ffn_hidden_size": 128, "norm_epsilon": 1e-6}
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                 eos_token_id=tok.eos_token_id)).save_pretrained(folder)
+    (tmp_path / "bases").mkdir()
+    (tmp_path / "bases" / "own.yaml").write_text(yaml.safe_dump({"path": str(folder)}))
+    mix = yaml.safe_load(graph.mix_file.read_text())
+    mix["phases"].append({"name": "base_web", "sequence_length": 64, "tokenizer": "base_model/own",
+                          "sources": [{"source": "deduplicated", "tokens": 6000, "max_epochs": 4}]})
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(mix))
+    runs = tmp_path / "runs"
+    shutil.copytree(PIPELINES_DIR / "runs", runs)
+    (runs / "on_base.yaml").write_text(yaml.safe_dump(
+        {"name": "on_base", "phase": "base_web", "init_from": "base_model/own", "model": arch, "train_iters": 2,
+         "global_batch_size": 8, "micro_batch_size": 8, "log_interval": 1}))
+    for k, v in (("BASES_DIR", tmp_path / "bases"), ("RUNS_DIR", runs), ("MIX_FILE", tmp_path / "mix.yaml")):
+        monkeypatch.setenv(f"KURA_{k}", str(v))
+    defs = build_definitions()
+    inst = dg.DagsterInstance.ephemeral()
+
+    def run(key: str):
+        return dg.materialize(list(defs.assets), selection=[dg.AssetKey.from_user_string(key)], instance=inst,
+                              resources=defs.resources)
+
+    base = run("base_model/own").output_for_node("base_model__own")
+    assert base["vocab_size"] == len(tok) != graph.out["packed_dataset"]["web"]["vocab_size"]
+    run("data_mix/base_web")
+    r = run("packed_dataset/base_web")
+    packed = r.output_for_node("packed_dataset__base_web")
+    assert all(c.passed for c in r.get_asset_check_evaluations()), "megatron readback with the base's vocabulary"
+    assert packed["vocab_size"] == len(tok) and packed["train_tokens"] > 0
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    prefix = next(iter(packed["train"].values()))["prefix"]
+    ds = IndexedDataset(str(Path(packed["uri"]) / prefix))  # kept referenced: its arrays are views of an mmap
+    ids = [int(x) for x in list(ds[0][:24])]
+    del ds
+    decoded = tok.decode([i for i in ids if i not in (tok.eos_token_id, tok.pad_token_id)])
+    assert decoded.strip() and any(decoded.strip()[:8] in t for t in texts), decoded
+    ck = run("checkpoint/on_base").output_for_node("checkpoint__on_base")
+    assert ck["lineage"]["chain"] == ["base_model/own", "on_base"] and ck["lineage"]["tokenizer"] == base["version"]
+    hf = run("hf_model/on_base").output_for_node("hf_model__on_base")
+    assert len(AutoTokenizer.from_pretrained(hf["uri"])) == len(tok)
+    evals = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)
+             and dg.AssetKey(["eval_perplexity", "on_base"]) in a.keys]
+    assert {k.path[-1] for k in evals[0].dependency_keys if k.path[0] == "packed_dataset"} == {"base_web"}, \
+        "a run is evaluated on the held-out sets packed with its own tokenizer only"

@@ -129,6 +129,9 @@ class MixPhase(BaseModel):
     replay_fraction: float = Field(0.0, ge=0, lt=1, description="Share of the phase's tokens replayed from the "
                                                                 "training data of earlier phases.")
     sources: list[MixSource] = Field(min_length=1, description="The sources and their budgets.")
+    tokenizer: str | None = Field(None, description="What the phase packs with: kura's tokenizer asset (default) or "
+                                                    "base_model/<name>, an imported base model's own tokenizer (a "
+                                                    "run continuing that base trains on this phase).")
 
     @model_validator(mode="after")
     def _budgets(self) -> "MixPhase":

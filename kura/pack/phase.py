@@ -10,12 +10,12 @@ from kura.mix.spec import ChatTemplate
 from kura.pack import chat
 from kura.pack import megatron as packing
 from kura.tokenize.parallel import encode_parallel
-from kura.tokenize.spm import SpmTokenizer
+from kura.tokenize.hf import load_tokenizer
 
 
 def pack_phase(out_dir: Path, selection: list[dict], docs: list[dict], templates: dict[str, ChatTemplate],
                tokenizer_model: Path, seq_len: int, workers: int | None = None) -> dict:
-    tok = SpmTokenizer(tokenizer_model)
+    tok = load_tokenizer(tokenizer_model)  # kura's SentencePiece model, or a base model's HF tokenizer folder
     masked = [d for d in docs if d.get("chat_template") and d.get("loss_mask") == "assistant_only"]
     plain = [d for d in docs if not (d.get("chat_template") and d.get("loss_mask") == "assistant_only")]
     encoded = {}

@@ -1,5 +1,6 @@
-"""Parallel SentencePiece encoding: documents are split into chunks and encoded by a pool of worker processes,
-each loading the model once. Small inputs are encoded in-process (a worker pool costs ~1 s to start)."""
+"""Parallel encoding (kura's SentencePiece model, or a Hugging Face tokenizer folder): documents are split into
+chunks and encoded by a pool of worker processes, each loading the tokenizer once. Small inputs are encoded
+in-process (a worker pool costs ~1 s to start)."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -12,19 +13,19 @@ _SP = None
 
 def _init(model_path: str) -> None:
     global _SP
-    import sentencepiece as spm
+    from kura.tokenize.hf import load_tokenizer
 
-    _SP = spm.SentencePieceProcessor(model_file=model_path)
+    _SP = load_tokenizer(model_path)
 
 
 def _encode(texts: list[str]) -> list[np.ndarray]:
     # int32 arrays: a quarter of the memory of Python int lists
-    return [np.asarray(ids, dtype=np.int32) for ids in _SP.encode(texts)]
+    return [np.asarray(ids, dtype=np.int32) for ids in _SP.encode_batch(texts)]
 
 
 def _encode_flat(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     # one flat array + lengths per chunk: a single buffer to pickle instead of thousands of small arrays
-    ids = _SP.encode(texts)
+    ids = _SP.encode_batch(texts)
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     flat = np.concatenate([np.array(x, dtype=np.int32) for x in ids]) if ids else np.zeros(0, np.int32)
     return flat, lengths

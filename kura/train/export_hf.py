@@ -111,6 +111,11 @@ def export_hf(ckpt_dir: Path, out_dir: Path, tokenizer_dir: Path | None = None) 
 
 def _special_ids(ckpt_dir: Path) -> tuple:
     if not (ckpt_dir / "tokenizer.model").exists():
+        if (ckpt_dir / "tokenizer_hf").is_dir():  # a run on an imported base: the base's own tokenizer
+            from transformers import AutoTokenizer
+
+            t = AutoTokenizer.from_pretrained(str(ckpt_dir / "tokenizer_hf"))
+            return t.bos_token_id, t.eos_token_id, t.pad_token_id
         return None, None, None
     import sentencepiece as spm
 
